@@ -1,0 +1,129 @@
+"""The ``erp-sync`` command.
+
+``run``            the consumer (``--exit-when-idle SECONDS`` to stop once caught up)
+``erp-stub``       a local ERP for demos and tests
+``produce-sample`` write realistic sample events to the topic
+``check-config``   validate the configuration and print it, secrets redacted
+
+Exit codes: 0 success; 1 runtime failure (fatal Kafka error); 2 bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import __version__, logs
+from .errors import ConfigError
+from .settings import Settings, load_settings, validate_kafka_config
+
+log = logging.getLogger("consumer.cli")
+
+
+def _settings() -> Settings:
+    settings = load_settings()
+    logs.setup(settings.log_format, settings.log_level)
+    return settings
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``erp-sync run``: consume and deliver until SIGTERM/SIGINT (or idle)."""
+    from . import pipeline
+
+    settings = _settings()
+    if not settings.erp_url:
+        raise ConfigError("ERP_SYNC_ERP_URL: required (the ERP endpoint, e.g. https://erp.example.com/apaas/push)")
+    validate_kafka_config(settings)
+    log.info("configuration: %s", json.dumps(settings.redacted()), extra={"event": "config"})
+    return pipeline.run(settings, exit_when_idle_s=args.exit_when_idle)
+
+
+def cmd_erp_stub(args: argparse.Namespace) -> int:
+    """``erp-sync erp-stub``: serve the local ERP until SIGTERM/SIGINT."""
+    from . import erp_stub
+
+    logs.setup("text" if sys.stderr.isatty() else "json", "INFO")
+    erp_stub.main(port=args.port, host=args.host, latency_ms=args.latency_ms)
+    return 0
+
+
+def cmd_produce_sample(args: argparse.Namespace) -> int:
+    """``erp-sync produce-sample``: write sample events to the source topic."""
+    from . import samples
+
+    _settings()
+    samples.main(count=args.count, seed=args.seed)
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """``erp-sync check-config``: validate everything a start would validate; print it redacted."""
+    settings = load_settings()
+    validate_kafka_config(settings)
+    from .erp import ErpClient
+
+    if settings.erp_url:
+        ErpClient(settings, max_connections=1).close()  # TLS files, secret files
+    else:
+        print("warning: ERP_SYNC_ERP_URL is not set; `erp-sync run` requires it", file=sys.stderr)
+    settings.auth_header_value()
+    settings.hmac_secret()
+    print(json.dumps(settings.redacted(), indent=2, sort_keys=True))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``erp-sync``."""
+    parser = argparse.ArgumentParser(prog="erp-sync", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"apaas-erp-sync {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="consume the topic and deliver approved instances to the ERP")
+    run.add_argument("--exit-when-idle", type=float, metavar="SECONDS", default=None,
+                     help="exit 0 once caught up and no record arrived for SECONDS (after committing)")
+    run.set_defaults(func=cmd_run)
+
+    stub = sub.add_parser("erp-stub", help="serve a local ERP that records what it receives")
+    stub.add_argument("--port", type=int, default=8080)
+    stub.add_argument("--host", default="127.0.0.1")
+    stub.add_argument("--latency-ms", type=float, default=0.0, help="answer after this many milliseconds")
+    stub.set_defaults(func=cmd_erp_stub)
+
+    produce = sub.add_parser("produce-sample", help="write realistic sample events to the topic")
+    produce.add_argument("--count", type=int, default=20)
+    produce.add_argument("--seed", type=int, default=7)
+    produce.set_defaults(func=cmd_produce_sample)
+
+    check = sub.add_parser("check-config", help="validate the configuration and print it with secrets redacted")
+    check.set_defaults(func=cmd_check_config)
+
+    try:
+        from . import tools
+    except ImportError:  # pragma: no cover - tools are optional during development
+        tools = None  # type: ignore[assignment]
+    if tools is not None:
+        tools.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``erp-sync`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"erp-sync: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `erp-sync check-config | head`
+        return 0
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The ERP HTTP client: one POST per approved record, the verdict read from status and body.
+
+* Body: compact UTF-8 JSON; headers ``Content-Type: application/json; charset=utf-8`` and
+  ``Idempotency-Key: <FlowCode>-<InstanceId>`` (ERP-INTERFACE.md decision 5).
+* Authentication: an optional static header (``ERP_SYNC_ERP_AUTH_HEADER_NAME`` /
+  ``…_VALUE`` or ``…_VALUE_FILE``) and an optional HMAC-SHA256 signature header
+  ``X-Erp-Sync-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>``.
+* TLS is verified by default; ``ERP_SYNC_ERP_CA_BUNDLE`` adds a CA bundle and
+  ``ERP_SYNC_ERP_CLIENT_CERT``/``…_KEY`` a client certificate (mTLS).
+* One ``httpx.Client`` is shared by all worker threads. A request that fails on a pooled
+  connection the ERP already closed (``RemoteProtocolError``, ``ReadError``, ``WriteError``) is
+  re-sent once at once on a fresh connection; keep-alive connections idle for more than
+  ``KEEPALIVE_EXPIRY_S`` are dropped before the ERP's idle timeout can race us.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import ssl
+import time
+
+import httpx
+
+from . import __version__
+from .errors import ConfigError
+from .settings import Settings
+from .verdict import Verdict, transport_verdict, verdict
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE_EXPIRY_S = 4.0
+"""Idle pooled connections are closed after this many seconds (below common 5 s server timeouts)."""
+
+_STALE_CONNECTION_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
+def sign(secret: bytes, timestamp: int, body: bytes) -> str:
+    """Return the signature header value ``t=<timestamp>,v1=<hex>`` for a body.
+
+    The ERP verifies it by computing HMAC-SHA256 with the shared secret over
+    ``f"{t}.".encode() + body`` and comparing in constant time; it should refuse old timestamps.
+    """
+    mac = hmac.new(secret, str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
+
+
+def _tls(settings: Settings) -> ssl.SSLContext | bool:
+    if not settings.erp_tls_verify:
+        return False
+    try:
+        ctx = ssl.create_default_context(cafile=str(settings.erp_ca_bundle) if settings.erp_ca_bundle else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"ERP_SYNC_ERP_CA_BUNDLE: cannot load {settings.erp_ca_bundle}: {exc}") from None
+    if settings.erp_client_cert:
+        try:
+            ctx.load_cert_chain(str(settings.erp_client_cert),
+                                str(settings.erp_client_key) if settings.erp_client_key else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"ERP_SYNC_ERP_CLIENT_CERT/ERP_SYNC_ERP_CLIENT_KEY: cannot load the client certificate: {exc}"
+            ) from None
+    return ctx
+
+
+class ErpClient:
+    """Posts bodies to the ERP and returns verdicts; never raises for a failed request.
+
+    Args:
+        settings: ``erp_url`` (required), timeouts, TLS, auth, retry and duplicate code lists.
+        max_connections: size of the connection pool (the number of worker threads).
+
+    Raises:
+        ConfigError: no ERP URL, or a TLS file or secret file cannot be read.
+    """
+
+    def __init__(self, settings: Settings, max_connections: int = 32) -> None:
+        if not settings.erp_url:
+            raise ConfigError("ERP_SYNC_ERP_URL: required (the ERP endpoint, e.g. https://erp.example.com/apaas/push)")
+        self.url = settings.erp_url
+        self.retry_codes = settings.erp_retry_codes
+        self.duplicate_codes = settings.erp_duplicate_codes
+        self._hmac_secret = settings.hmac_secret()
+        self._signature_header = settings.erp_signature_header
+        headers = {
+            "Content-Type": "application/json; charset=utf-8",
+            "Accept": "application/json",
+            "User-Agent": f"apaas-erp-sync/{__version__}",
+        }
+        auth = settings.auth_header_value()
+        if auth:
+            headers[settings.erp_auth_header_name] = auth
+        if self.url.startswith("http://"):
+            log.warning("ERP_SYNC_ERP_URL uses plain http://: bodies and credentials travel unencrypted",
+                        extra={"event": "insecure_erp_url"})
+        if not settings.erp_tls_verify:
+            log.warning("ERP_SYNC_ERP_TLS_VERIFY=false: the ERP's certificate is NOT verified",
+                        extra={"event": "tls_verify_off"})
+        self._client = httpx.Client(
+            headers=headers,
+            timeout=httpx.Timeout(settings.erp_timeout_seconds),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
+                                keepalive_expiry=KEEPALIVE_EXPIRY_S),
+            verify=_tls(settings),
+            follow_redirects=False,
+        )
+
+    def post(self, body: bytes, idempotency_key: str) -> Verdict:
+        """Send one push (one attempt, plus one immediate re-send on a stale pooled connection).
+
+        Args:
+            body: the encoded ERP body.
+            idempotency_key: ``"<FlowCode>-<InstanceId>"``.
+
+        Returns:
+            The verdict; transport failures are *retry* verdicts named after the error.
+        """
+        headers = {"Idempotency-Key": idempotency_key}
+        if self._hmac_secret is not None:
+            headers[self._signature_header] = sign(self._hmac_secret, int(time.time()), body)
+        for attempt in (1, 2):
+            try:
+                response = self._client.post(self.url, content=body, headers=headers)
+            except _STALE_CONNECTION_ERRORS as exc:
+                if attempt == 1:
+                    continue  # the ERP closed a pooled keep-alive connection: once more, fresh
+                return transport_verdict(exc)
+            except httpx.HTTPError as exc:
+                return transport_verdict(exc)
+            except Exception as exc:  # h11/ssl oddities must never escape a worker
+                return transport_verdict(exc)
+            return verdict(response.status_code, response.headers, response.content,
+                           retry_codes=self.retry_codes, duplicate_codes=self.duplicate_codes)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()

@@ -1,0 +1,182 @@
+"""The ``WorkflowCompleted`` event: the v1 Avro schema, decoding and encoding.
+
+Rules implemented here (EVENT-CONTRACT.md "Messages", issue "main job" Decode):
+
+* The value is bare Avro binary written with the v1 schema, parsed once at import.
+* Every ``long`` stays a Python ``int`` exactly as written. The schema's ``timestamp-millis``
+  logical types are removed before parsing, so fastavro never turns a time into a ``datetime``
+  (the spec's own example times are 19-digit Longs that are not plausible epoch milliseconds).
+* A value that is empty, missing, truncated, longer than one record, not valid UTF-8 in a string,
+  or Confluent-framed (magic byte ``0x00`` + 4-byte schema id) while no schema registry is
+  configured raises :class:`~consumer.errors.DecodeError`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from fastavro.types import Schema
+
+from .errors import DecodeError
+
+SCHEMA_FILE = "workflow_completed.v1.avsc"
+CONFLUENT_MAGIC = 0
+"""First byte of the Confluent wire format (then a 4-byte big-endian schema id)."""
+
+Event = dict[str, Any]
+"""A decoded event: the Avro record as a dict, field names as in the .avsc."""
+
+
+def schema_path() -> Path:
+    """Return the path of the v1 ``.avsc``: bundled in the wheel, or ``schemas/`` of a checkout."""
+    bundled = resources.files("consumer").joinpath("_schemas").joinpath(SCHEMA_FILE)
+    if bundled.is_file():
+        return Path(str(bundled))
+    return Path(__file__).resolve().parent.parent / "schemas" / SCHEMA_FILE
+
+
+def _strip_logical_types(node: Any) -> Any:
+    """Return a copy of a schema (JSON form) without ``logicalType`` keys.
+
+    Logical types do not change the binary encoding; removing them keeps longs as ints.
+    """
+    if isinstance(node, dict):
+        return {k: _strip_logical_types(v) for k, v in node.items() if k != "logicalType"}
+    if isinstance(node, list):
+        return [_strip_logical_types(v) for v in node]
+    return node
+
+
+def load_schema_json(path: Path | None = None) -> dict[str, Any]:
+    """Load the v1 schema as JSON (unchanged, logical types included)."""
+    with open(path or schema_path(), encoding="utf-8") as f:
+        loaded: dict[str, Any] = json.load(f)
+    return loaded
+
+
+def parse_plain_schema(schema_json: Mapping[str, Any]) -> Schema:
+    """Parse an Avro schema for decoding with logical types removed (so longs stay ``int``)."""
+    return fastavro.parse_schema(_strip_logical_types(dict(schema_json)))
+
+
+SCHEMA_JSON = load_schema_json()
+READER_SCHEMA = parse_plain_schema(SCHEMA_JSON)
+STATUSES: tuple[str, ...] = tuple(
+    next(f for f in SCHEMA_JSON["fields"] if f["name"] == "status")["type"]["symbols"]
+)
+
+WriterSchemaLookup = Callable[[int], Schema]
+"""Resolves a Confluent schema id to a parsed writer schema (a schema-registry client)."""
+
+
+def decode(
+    value: bytes | None,
+    *,
+    max_bytes: int | None = None,
+    writer_schema_lookup: WriterSchemaLookup | None = None,
+) -> Event:
+    """Decode one Kafka value into an event.
+
+    Args:
+        value: the record's value bytes (``None`` for a tombstone / missing value).
+        max_bytes: values longer than this many bytes are refused (``ValueTooLarge``).
+        writer_schema_lookup: when a schema registry is configured, resolves the schema id of a
+            Confluent-framed value; the record is then resolved to the v1 reader schema.
+
+    Returns:
+        The event as a dict with the v1 field names; longs as ``int``, ``status`` as its symbol.
+
+    Raises:
+        DecodeError: code ``MissingValue``, ``ValueTooLarge``, ``ConfluentFramed``,
+            ``UnknownSchemaId``, ``InvalidAvro``, ``InvalidUtf8`` or ``TrailingBytes``.
+    """
+    if value is None or len(value) == 0:
+        raise DecodeError("MissingValue", "the record has no value (empty or tombstone)")
+    if max_bytes is not None and len(value) > max_bytes:
+        raise DecodeError(
+            "ValueTooLarge", f"value is {len(value)} bytes, above the limit of {max_bytes} bytes"
+        )
+    writer: Schema = READER_SCHEMA
+    reader: Schema | None = None
+    body = io.BytesIO(value)
+    # A bare v1 record starts with event_id's length; 0x00 would be an empty event_id, which the
+    # contract never produces (it is a UUID), so a leading 0x00 means the Confluent wire format.
+    if value[0] == CONFLUENT_MAGIC and len(value) >= 5:
+        schema_id = int.from_bytes(value[1:5], "big")
+        if writer_schema_lookup is None:
+            raise DecodeError(
+                "ConfluentFramed",
+                f"value is in the Confluent wire format (schema id {schema_id}) but no schema "
+                "registry is configured (set ERP_SYNC_SCHEMA_REGISTRY_URL)",
+            )
+        try:
+            writer = writer_schema_lookup(schema_id)
+        except Exception as exc:  # registry client errors are many; all mean "cannot resolve"
+            raise DecodeError("UnknownSchemaId", f"schema id {schema_id}: {exc}") from exc
+        reader = READER_SCHEMA
+        body.seek(5)
+    try:
+        event = fastavro.schemaless_reader(body, writer, reader)
+    except UnicodeDecodeError as exc:
+        raise DecodeError("InvalidUtf8", f"a string field is not valid UTF-8: {exc.reason}") from exc
+    except Exception as exc:  # fastavro raises EOFError, IndexError, ValueError, SchemaResolutionError…
+        raise DecodeError("InvalidAvro", f"not a v1 WorkflowCompleted record: {type(exc).__name__}: {exc}") from exc
+    if body.tell() != len(value):
+        raise DecodeError(
+            "TrailingBytes",
+            f"{len(value) - body.tell()} bytes after the end of the record (wrong schema or framing)",
+        )
+    if not isinstance(event, dict):
+        raise DecodeError("InvalidAvro", "decoded value is not a record")
+    return event
+
+
+def encode(event: Mapping[str, Any]) -> bytes:
+    """Encode an event as bare v1 Avro binary (the producer side; used by samples and tests).
+
+    Args:
+        event: a dict with the v1 field names; ``start_time`` may be ``None``.
+
+    Raises:
+        ValueError: the dict does not match the schema.
+    """
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, READER_SCHEMA, dict(event))
+    return out.getvalue()
+
+
+def confluent_frame(schema_id: int, avro_bytes: bytes) -> bytes:
+    """Prefix Avro bytes with the Confluent wire-format header (magic byte + schema id)."""
+    return bytes([CONFLUENT_MAGIC]) + schema_id.to_bytes(4, "big") + avro_bytes
+
+
+def spec_example_event() -> Event:
+    """The specification's example as an event (EVENT-CONTRACT.md, last section)."""
+    return {
+        "event_id": "3f1c2a9e-5b7d-4c1e-9a0b-6d2e8f4a1c3b",
+        "event_time": 1732886400000,
+        "flow_code": 1425737370216521773,
+        "instance_id": 1427810976874430514,
+        "status": "APPROVED",
+        "start_time": 1427811121259155459,
+        "end_time": 1427811121259155459,
+        "start_user": {"source_uid": "1427811121259155459", "tenant_uid": "1427811121259155459"},
+        "variables": {
+            "LevelInfo": {"type": "object", "value": '{"Name": "1425736144334716972", "Days": 3}'}
+        },
+        "approvals": [
+            {
+                "node_id": "manager",
+                "approver": {"source_uid": "u-7", "tenant_uid": "7"},
+                "action": "approve",
+                "comment": None,
+                "acted_at": 1732886300000,
+            }
+        ],
+    }

@@ -1,0 +1,111 @@
+"""Kafka wiring that is not delivery logic: clients, topic metadata, watermarks for lag.
+
+The consumer itself is driven by :mod:`consumer.pipeline`; this module builds clients from
+:class:`~consumer.settings.Settings` and reads what the lag metrics need without blocking the
+poll loop (a separate, group-less client queries high watermarks on its own thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def admin_client(settings: Settings) -> AdminClient:
+    """An AdminClient with the pass-through security settings."""
+    conf = {k: v for k, v in settings.producer_config().items()
+            if not k.startswith(("acks", "enable.idempotence", "linger", "message.timeout", "client.id"))}
+    return AdminClient(conf)
+
+
+def topic_retention_seconds(settings: Settings, topic: str, timeout_s: float = 5.0) -> float | None:
+    """The topic's ``retention.ms`` in seconds (-1 when unlimited), or None if it cannot be read."""
+    try:
+        resource = ConfigResource(ResourceType.TOPIC, topic)
+        future = admin_client(settings).describe_configs([resource], request_timeout=timeout_s)[resource]
+        entry = future.result(timeout=timeout_s).get("retention.ms")
+        if entry is None or entry.value is None:
+            return None
+        ms = int(entry.value)
+        return -1.0 if ms < 0 else ms / 1000.0
+    except Exception as exc:  # noqa: BLE001 - optional metric
+        log.warning("cannot read retention.ms of %s: %s", topic, exc, extra={"event": "retention_unknown"})
+        return None
+
+
+def metadata_consumer_config(settings: Settings) -> dict[str, Any]:
+    """Config for a consumer used only for metadata and watermarks (never joins the group)."""
+    conf = settings.consumer_config()
+    conf["client.id"] = str(conf.get("client.id", "apaas-erp-sync")) + "-meta"
+    conf["enable.partition.eof"] = False
+    return conf
+
+
+class WatermarkWatcher:
+    """Queries high watermarks of the assigned partitions every ``interval_s`` on its own thread.
+
+    Args:
+        settings: for the client configuration.
+        interval_s: seconds between refreshes.
+
+    Attributes:
+        high: ``{(topic, partition): high watermark}`` from the last successful query.
+        ok: whether the last query reached the broker.
+    """
+
+    def __init__(self, settings: Settings, interval_s: float) -> None:
+        self._client = Consumer(metadata_consumer_config(settings))
+        self._interval_s = interval_s
+        self._partitions: list[tuple[str, int]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.high: dict[tuple[str, int], int] = {}
+        self.ok = False
+        self._thread = threading.Thread(target=self._loop, name="watermarks", daemon=True)
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread.start()
+
+    def set_partitions(self, partitions: list[tuple[str, int]]) -> None:
+        """Replace the set of partitions to watch."""
+        with self._lock:
+            self._partitions = list(partitions)
+            self.high = {tp: hw for tp, hw in self.high.items() if tp in partitions}
+
+    def refresh(self) -> None:
+        """Query once now (used by the thread, and by tests)."""
+        with self._lock:
+            partitions = list(self._partitions)
+        high = {}
+        ok = True
+        for topic, partition in partitions:
+            try:
+                _low, hw = self._client.get_watermark_offsets(TopicPartition(topic, partition), timeout=2.0)
+                high[(topic, partition)] = hw
+            except KafkaException:
+                ok = False
+        with self._lock:
+            self.high.update(high)
+        self.ok = ok
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                self.refresh()
+            except Exception:  # noqa: BLE001 - a metrics thread must not die
+                log.exception("watermark refresh failed")
+
+    def close(self) -> None:
+        """Stop the thread and close the client."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._client.close()

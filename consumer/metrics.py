@@ -1,0 +1,225 @@
+"""Prometheus metrics and the health endpoints (/metrics, /healthz, /readyz).
+
+Metric names and labels are an interface: the Grafana dashboard and the alert rules in
+``deploy/`` depend on them. Label sets are bounded: ERP codes are capped at
+:data:`MAX_DISTINCT_CODES` distinct values per metric, the rest fold into ``other``.
+Hot-path children are pre-bound (a ``.labels()`` lookup costs about 2 µs, a bound ``.inc()`` 0.6).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.core import REGISTRY
+
+from . import __version__
+
+log = logging.getLogger(__name__)
+
+MAX_DISTINCT_CODES = 50
+"""Distinct ``code`` label values kept per metric; further codes are counted as ``other``."""
+
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+"""ERP request duration buckets, seconds."""
+
+
+class _CodeCap:
+    """Keeps the set of code label values bounded."""
+
+    def __init__(self, limit: int = MAX_DISTINCT_CODES) -> None:
+        self.limit = limit
+        self.seen: set[str] = set()
+        self.lock = threading.Lock()
+
+    def __call__(self, code: str) -> str:
+        if code in self.seen:
+            return code
+        with self.lock:
+            if code in self.seen:
+                return code
+            if len(self.seen) >= self.limit:
+                return "other"
+            self.seen.add(code)
+            return code
+
+
+class Metrics:
+    """Every metric of one consumer process.
+
+    Args:
+        topic: the source topic (label of per-topic metrics).
+        registry: where to register; the process default registry by default (which also
+            carries the process_* and python_* metrics). Tests pass their own.
+    """
+
+    def __init__(self, topic: str, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else REGISTRY
+        r = self.registry
+        self.topic = topic
+        self.messages = Counter("erp_sync_messages", "Records finished, by outcome.", ["topic", "outcome"], registry=r)
+        self.lag = Gauge("erp_sync_consumer_lag",
+                         "Messages between the committed offset and the high watermark.",
+                         ["topic", "partition"], registry=r)
+        self.lag_seconds = Gauge("erp_sync_consumer_lag_seconds",
+                                 "Age of the oldest unfinished record in seconds (0 when caught up).",
+                                 ["topic", "partition"], registry=r)
+        self.erp_requests = Counter("erp_sync_erp_requests", "ERP requests by verdict and code.",
+                                    ["result", "code"], registry=r)
+        self.erp_duration = Histogram("erp_sync_erp_request_duration_seconds",
+                                      "ERP request duration in seconds (to the verdict).",
+                                      buckets=DURATION_BUCKETS, registry=r)
+        self.dead_letters = Counter("erp_sync_dead_letters", "Dead letters confirmed by the broker.",
+                                    ["class", "code"], registry=r)
+        self.in_flight = Gauge("erp_sync_in_flight", "ERP pushes in flight (including their retries).", registry=r)
+        self.backoff = Gauge("erp_sync_retry_backoff_seconds",
+                             "Current shared retry backoff in seconds (0 when the ERP is healthy).", registry=r)
+        self.commits = Counter("erp_sync_commits", "Offset commits by result.", ["result"], registry=r)
+        self.rebalances = Counter("erp_sync_rebalances", "Rebalance events.", ["event"], registry=r)
+        self.last_accepted = Gauge("erp_sync_last_accepted_timestamp_seconds",
+                                   "Unix time of the last push the ERP accepted.", registry=r)
+        self.retention = Gauge("erp_sync_topic_retention_seconds",
+                               "The source topic's retention.ms / 1000 (-1 when unlimited).", ["topic"], registry=r)
+        self.assigned = Gauge("erp_sync_partitions_assigned", "Partitions assigned to this consumer.", registry=r)
+        self.paused = Gauge("erp_sync_paused_partitions", "Partitions paused for backpressure.", registry=r)
+        self.dlq_pending = Gauge("erp_sync_dead_letters_pending",
+                                 "Dead letters waiting for broker confirmation or retrying.", registry=r)
+        self.build_info = Gauge("erp_sync_build_info", "Build information.", ["version"], registry=r)
+        self.build_info.labels(__version__).set(1)
+
+        # pre-bound children for the hot path
+        self.pushed = self.messages.labels(topic, "pushed")
+        self.skipped = self.messages.labels(topic, "skipped")
+        self.dead_lettered = self.messages.labels(topic, "dead_lettered")
+        self.duplicate = self.messages.labels(topic, "duplicate")
+        self.commit_ok = self.commits.labels("ok")
+        self.commit_error = self.commits.labels("error")
+        self._request_children: dict[tuple[str, str], Any] = {}
+        self._cap_requests = _CodeCap()
+        self._cap_dead = _CodeCap()
+        self._lag_children: dict[int, tuple[Any, Any]] = {}
+
+    def erp_request(self, result: str, code: str, duration_s: float | None) -> None:
+        """Count one ERP request (thread-safe)."""
+        key = (result, code)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self.erp_requests.labels(result, self._cap_requests(code))
+            self._request_children[key] = child
+        child.inc()
+        if duration_s is not None:
+            self.erp_duration.observe(duration_s)
+
+    def dead_letter(self, error_class: str, code: str) -> None:
+        """Count one confirmed dead letter."""
+        self.dead_letters.labels(error_class, self._cap_dead(code)).inc()
+        self.dead_lettered.inc()
+
+    def set_lag(self, partition: int, lag: int, lag_seconds: float) -> None:
+        """Set lag (messages) and lag seconds of one partition."""
+        children = self._lag_children.get(partition)
+        if children is None:
+            children = (self.lag.labels(self.topic, str(partition)), self.lag_seconds.labels(self.topic, str(partition)))
+            self._lag_children[partition] = children
+        children[0].set(lag)
+        children[1].set(lag_seconds)
+
+    def drop_partition(self, partition: int) -> None:
+        """Remove the lag series of a partition this consumer no longer owns."""
+        if self._lag_children.pop(partition, None) is not None:
+            for gauge in (self.lag, self.lag_seconds):
+                try:
+                    gauge.remove(self.topic, str(partition))
+                except KeyError:
+                    pass
+
+
+class Health:
+    """Liveness and readiness, as read by /healthz and /readyz.
+
+    Args:
+        max_poll_age_s: /healthz fails when the poll loop has not polled for this many seconds.
+    """
+
+    def __init__(self, max_poll_age_s: float = 60.0) -> None:
+        self.max_poll_age_s = max_poll_age_s
+        self.last_poll = time.monotonic()
+        self.assigned = 0
+        self.broker_up = False
+        self.started = False
+        self.stopping = False
+        self.reason = "starting"
+
+    def polled(self) -> None:
+        """Record that the loop polled just now."""
+        self.last_poll = time.monotonic()
+
+    def liveness(self) -> tuple[bool, str]:
+        """Return ``(ok, reason)`` for /healthz."""
+        age = time.monotonic() - self.last_poll
+        if age > self.max_poll_age_s:
+            return False, f"poll loop stalled: last poll {age:.0f} s ago (limit {self.max_poll_age_s:.0f} s)"
+        return True, f"ok: last poll {age:.1f} s ago"
+
+    def readiness(self) -> tuple[bool, str]:
+        """Return ``(ok, reason)`` for /readyz: assigned partitions and a reachable broker."""
+        if self.stopping:
+            return False, "shutting down"
+        if not self.broker_up:
+            return False, f"broker not reachable: {self.reason}"
+        if self.assigned == 0:
+            return False, "no partitions assigned (group joining or more consumers than partitions)"
+        return True, f"ok: {self.assigned} partitions assigned"
+
+
+def serve(host: str, port: int, health: Health, registry: CollectorRegistry | None = None
+          ) -> ThreadingHTTPServer:
+    """Serve /metrics, /healthz and /readyz on a daemon thread.
+
+    Returns:
+        The server (``server.server_address[1]`` is the bound port; ``shutdown()`` stops it).
+
+    Raises:
+        OSError: the port is taken (the message names it).
+    """
+    reg = registry if registry is not None else REGISTRY
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, generate_latest(reg), CONTENT_TYPE_LATEST)
+            elif path in ("/healthz", "/livez"):
+                self._probe(health.liveness)
+            elif path == "/readyz":
+                self._probe(health.readiness)
+            else:
+                self._send(404, b"not found: try /metrics, /healthz, /readyz\n", "text/plain")
+
+        def _probe(self, check: Callable[[], tuple[bool, str]]) -> None:
+            ok, reason = check()
+            self._send(200 if ok else 503, (reason + "\n").encode(), "text/plain; charset=utf-8")
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as exc:
+        raise OSError(f"cannot listen on {host}:{port} for /metrics (ERP_SYNC_METRICS_PORT): {exc}") from exc
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server

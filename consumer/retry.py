@@ -1,0 +1,150 @@
+"""The shared retry backoff and the request-rate limit: how the consumer protects a failing ERP.
+
+One :class:`SharedBackoff` serves every push of the process (issue "reliability", fault 4): when
+the ERP answers *retry*, every worker waits for the same deadline, and once it passes a single
+probe request goes first; the others follow only when the probe succeeds. So a down ERP sees one
+request per backoff period, not one per in-flight record. Delays grow exponentially from
+``initial_s`` to ``max_s`` with jitter (each delay is drawn in [50 %, 100 %] of the step), and a
+``Retry-After`` longer than the step wins (capped at ``retry_after_max_s``).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Permit:
+    """Permission to send one request. ``epoch`` identifies the backoff state it was granted in."""
+
+    epoch: int
+    probe: bool
+
+
+class SharedBackoff:
+    """Exponential backoff with jitter, shared by all pushes; thread-safe.
+
+    Args:
+        initial_s: first delay, seconds.
+        max_s: delay cap, seconds.
+        retry_after_max_s: cap on an honoured ``Retry-After``, seconds.
+        on_change: called with the current delay in seconds (0 when healthy) on every change.
+    """
+
+    def __init__(self, initial_s: float, max_s: float, retry_after_max_s: float = 900.0,
+                 on_change: Callable[[float], None] | None = None,
+                 rng: Callable[[], float] = random.random,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self.retry_after_max_s = retry_after_max_s
+        self._on_change = on_change
+        self._rng = rng
+        self._clock = clock
+        self._cond = threading.Condition()
+        self.failures = 0
+        self.epoch = 0
+        self.delay_s = 0.0
+        self._not_before = 0.0
+        self._probing = False
+
+    def acquire(self, should_stop: Callable[[], bool], poll_s: float = 0.1) -> Permit | None:
+        """Block until a request may be sent.
+
+        Args:
+            should_stop: checked at least every ``poll_s`` seconds; when it returns True the wait
+                ends and None is returned (shutdown, or the partition was revoked).
+
+        Returns:
+            A :class:`Permit` to pass to :meth:`success` / :meth:`failure`, or None when stopped.
+        """
+        with self._cond:
+            while True:
+                if should_stop():
+                    return None
+                if self.failures == 0:
+                    return Permit(self.epoch, False)
+                now = self._clock()
+                if now >= self._not_before and not self._probing:
+                    self._probing = True
+                    return Permit(self.epoch, True)
+                wait = self._not_before - now if now < self._not_before else poll_s
+                self._cond.wait(min(max(wait, 0.001), poll_s))
+
+    def success(self, permit: Permit) -> None:
+        """The ERP answered (accepted or reject): it is healthy; everyone may send again."""
+        with self._cond:
+            if permit.probe:
+                self._probing = False
+            if self.failures:
+                self.failures = 0
+                self.delay_s = 0.0
+                self.epoch += 1
+                self._cond.notify_all()
+                self._changed()
+
+    def failure(self, permit: Permit, retry_after_s: float | None = None) -> float | None:
+        """The ERP answered *retry*. Escalates once per backoff period, whoever reports it.
+
+        Returns:
+            The new delay in seconds when this call escalated the backoff, else None (another
+            request already escalated it for this period).
+        """
+        with self._cond:
+            if permit.probe:
+                self._probing = False
+            if permit.epoch != self.epoch:
+                self._cond.notify_all()
+                return None
+            self.failures += 1
+            self.epoch += 1
+            step = min(self.max_s, self.initial_s * (2 ** min(self.failures - 1, 62)))
+            delay = step * (0.5 + 0.5 * self._rng())
+            if retry_after_s is not None:
+                delay = max(delay, min(retry_after_s, self.retry_after_max_s))
+            self.delay_s = delay
+            self._not_before = self._clock() + delay
+            self._cond.notify_all()
+            self._changed()
+            return delay
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self.delay_s)
+
+
+class RateLimiter:
+    """Token bucket shared by all pushes (``ERP_SYNC_ERP_MAX_REQUESTS_PER_SECOND``); thread-safe.
+
+    Args:
+        rate_per_s: sustained requests per second.
+        burst: bucket size (requests); defaults to one second's worth, at least 1.
+    """
+
+    def __init__(self, rate_per_s: float, burst: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate_per_s
+        self.capacity = burst if burst is not None else max(1.0, rate_per_s)
+        self._tokens = self.capacity
+        self._clock = clock
+        self._last = clock()
+        self._lock = threading.Lock()
+
+    def acquire(self, should_stop: Callable[[], bool]) -> bool:
+        """Take one token, waiting as needed. Returns False if ``should_stop()`` became True."""
+        while True:
+            with self._lock:
+                now = self._clock()
+                self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
+                self._last = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return True
+                wait = (1 - self._tokens) / self.rate
+            if should_stop():
+                return False
+            time.sleep(min(wait, 0.1))

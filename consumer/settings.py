@@ -1,0 +1,323 @@
+"""Configuration from environment variables (12-factor), optionally from a file.
+
+Every setting is ``ERP_SYNC_<NAME>``; ``ERP_SYNC_CONFIG_FILE`` may name a dotenv-style file with
+the same names (the environment wins over the file). Lists are comma-separated.
+
+librdkafka pass-through: ``ERP_SYNC_KAFKA_<KEY>`` sets librdkafka property ``<key>`` for both the
+consumer and the dead-letter producer, ``ERP_SYNC_KAFKA_CONSUMER_<KEY>`` /
+``ERP_SYNC_KAFKA_PRODUCER_<KEY>`` for one of them. ``<KEY>`` is the property upper-cased with
+``.`` written ``_`` and ``_`` written ``__`` (``ERP_SYNC_KAFKA_SASL_MECHANISM`` →
+``sasl.mechanism``), as Confluent's images do.
+
+Secrets (``SecretStr``) never appear in ``repr``, logs or :meth:`Settings.redacted`; each secret can
+also be read from a file named by ``<NAME>_FILE`` (a mounted Kubernetes Secret).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .errors import ConfigError
+from .verdict import DEFAULT_RETRY_CODES
+
+ENV_PREFIX = "ERP_SYNC_"
+KAFKA_PREFIX = ENV_PREFIX + "KAFKA_"
+_SECRET_KEY = re.compile(r"password|secret|token|credential|\.key\.pem|private|jaas", re.IGNORECASE)
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+def _split(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+def env_to_librdkafka(suffix: str) -> str:
+    """``SASL_MECHANISM`` → ``sasl.mechanism`` (``__`` → ``_``, ``_`` → ``.``, lower case)."""
+    return suffix.lower().replace("__", "\0").replace("_", ".").replace("\0", "_")
+
+
+def librdkafka_to_env(key: str, prefix: str = KAFKA_PREFIX) -> str:
+    """``sasl.mechanism`` → ``ERP_SYNC_KAFKA_SASL_MECHANISM``."""
+    return prefix + key.replace("_", "__").replace(".", "_").upper()
+
+
+def is_secret_key(key: str) -> bool:
+    """True for librdkafka keys (or variable names) whose value must never be printed."""
+    return bool(_SECRET_KEY.search(key))
+
+
+class Settings(BaseSettings):
+    """All settings; see README "Configuration" for the table.
+
+    Durations are in seconds (float) unless the name says otherwise.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", case_sensitive=False)
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str = "apaas.workflow.completed"
+    group_id: str = "apaas-erp-sync"
+    dlq_topic: str | None = Field(default=None, description="default <topic>.dlq")
+    schema_registry_url: str | None = None
+
+    erp_url: str | None = Field(default=None, repr=False)  # may carry credentials
+    erp_timeout_seconds: float = Field(default=10.0, gt=0)
+    erp_retry_codes: CommaList = DEFAULT_RETRY_CODES
+    erp_duplicate_codes: CommaList = ()
+    erp_max_requests_per_second: float | None = Field(default=None, gt=0)
+    erp_auth_header_name: str = "Authorization"
+    erp_auth_header_value: SecretStr | None = None
+    erp_auth_header_value_file: Path | None = None
+    erp_hmac_secret: SecretStr | None = None
+    erp_hmac_secret_file: Path | None = None
+    erp_signature_header: str = "X-Erp-Sync-Signature"
+    erp_tls_verify: bool = True
+    erp_ca_bundle: Path | None = None
+    erp_client_cert: Path | None = None
+    erp_client_key: Path | None = None
+
+    retry_backoff_initial_seconds: float = Field(default=0.5, gt=0)
+    retry_backoff_max_seconds: float = Field(default=60.0, gt=0)
+    retry_after_max_seconds: float = Field(default=900.0, gt=0)
+
+    max_in_flight: int = Field(default=32, ge=1, le=1024)
+    max_buffered_records: int = Field(default=5000, ge=1)
+    max_value_bytes: int = Field(default=1_048_576, ge=1)
+    commit_interval_seconds: float = Field(default=1.0, gt=0)
+    shutdown_timeout_seconds: float = Field(default=20.0, gt=0)
+    lag_refresh_seconds: float = Field(default=5.0, gt=0)
+
+    metrics_port: int = Field(default=8000, ge=0, le=65535)
+    metrics_host: str = "0.0.0.0"
+    log_format: Literal["json", "text", "auto"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    kafka_config: dict[str, str] = Field(default_factory=dict, exclude=True, repr=False)
+    kafka_consumer_config: dict[str, str] = Field(default_factory=dict, exclude=True, repr=False)
+    kafka_producer_config: dict[str, str] = Field(default_factory=dict, exclude=True, repr=False)
+    kafka_config_sources: dict[str, str] = Field(default_factory=dict, exclude=True, repr=False)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: Any,
+                                   *_: Any, **__: Any) -> tuple[Any, ...]:
+        """Only the values :func:`load_settings` gathered (it reads the environment and the file)."""
+        return (init_settings,)
+
+    _split_lists = field_validator("erp_retry_codes", "erp_duplicate_codes", mode="before")(_split)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.retry_backoff_max_seconds < self.retry_backoff_initial_seconds:
+            raise ValueError(
+                "ERP_SYNC_RETRY_BACKOFF_MAX_SECONDS must be >= ERP_SYNC_RETRY_BACKOFF_INITIAL_SECONDS"
+            )
+        if self.erp_url is not None and not re.match(r"^https?://[^/\s]+", self.erp_url):
+            raise ValueError(f"ERP_SYNC_ERP_URL must be an http:// or https:// URL, got {self.erp_url!r}")
+        return self
+
+    @property
+    def dead_letter_topic(self) -> str:
+        """The DLQ topic: ``ERP_SYNC_DLQ_TOPIC`` or ``<topic>.dlq``."""
+        return self.dlq_topic or f"{self.topic}.dlq"
+
+    def auth_header_value(self) -> str | None:
+        """The static ERP auth header's value, from the variable or its ``_FILE`` (stripped)."""
+        return _secret_value(self.erp_auth_header_value, self.erp_auth_header_value_file,
+                             "ERP_SYNC_ERP_AUTH_HEADER_VALUE_FILE")
+
+    def hmac_secret(self) -> bytes | None:
+        """The HMAC-SHA256 signing key, from the variable or its ``_FILE``."""
+        value = _secret_value(self.erp_hmac_secret, self.erp_hmac_secret_file, "ERP_SYNC_ERP_HMAC_SECRET_FILE")
+        return value.encode() if value is not None else None
+
+    def consumer_config(self) -> dict[str, Any]:
+        """librdkafka configuration of the consumer: our defaults, then the pass-through."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.kafka_bootstrap_servers,
+            "group.id": self.group_id,
+            "enable.auto.commit": False,  # we commit, after the verdict
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",  # a new group misses nothing
+            "enable.partition.eof": True,  # tells "caught up" (for --exit-when-idle, lag)
+            "isolation.level": "read_committed",
+            "client.id": f"apaas-erp-sync-{os.uname().nodename}",
+            "queued.max.messages.kbytes": 32768,  # bounds the prefetch queue (RSS)
+        }
+        conf.update(self.kafka_config)
+        conf.update(self.kafka_consumer_config)
+        return conf
+
+    def producer_config(self) -> dict[str, Any]:
+        """librdkafka configuration of the dead-letter producer."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.kafka_bootstrap_servers,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "message.timeout.ms": 30000,  # a failing dead letter surfaces within 30 s, then retries
+            "client.id": f"apaas-erp-sync-dlq-{os.uname().nodename}",
+        }
+        conf.update(self.kafka_config)
+        conf.update(self.kafka_producer_config)
+        return conf
+
+    def redacted(self) -> dict[str, Any]:
+        """Every setting with secrets masked, for ``check-config`` and the start-up log line."""
+        out: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            field = type(self).model_fields.get(name)
+            if field is not None and field.exclude:
+                continue
+            if isinstance(value, SecretStr) or (value is not None and is_secret_key(name) and "file" not in name):
+                value = "**********" if value is not None else None
+            elif isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = ",".join(value)
+            out[ENV_PREFIX + name.upper()] = value
+        out[ENV_PREFIX + "DLQ_TOPIC"] = self.dead_letter_topic
+        out["ERP_SYNC_ERP_URL"] = redact_url(self.erp_url)
+        for source, conf in (("", self.kafka_config), ("CONSUMER_", self.kafka_consumer_config),
+                             ("PRODUCER_", self.kafka_producer_config)):
+            for key, val in conf.items():
+                out[librdkafka_to_env(key, KAFKA_PREFIX + source)] = "**********" if is_secret_key(key) else val
+        return out
+
+
+def redact_url(url: str | None) -> str | None:
+    """Mask a password in ``scheme://user:password@host`` and any query string."""
+    if url is None:
+        return None
+    url = re.sub(r"(://[^/:@]*):[^/@]*@", r"\1:****@", url)
+    return re.sub(r"\?.*$", "?****", url)
+
+
+def _secret_value(secret: SecretStr | None, path: Path | None, var: str) -> str | None:
+    if secret is not None:
+        return secret.get_secret_value()
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{var}: cannot read {path}: {exc.strerror}") from exc
+
+
+def _read_config_file(path: str) -> dict[str, str]:
+    """Read a dotenv-style file: ``NAME=value`` lines, ``#`` comments, optional quotes."""
+    values: dict[str, str] = {}
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"ERP_SYNC_CONFIG_FILE: cannot read {path}: {exc.strerror}") from exc
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export "):]
+        if "=" not in line:
+            raise ConfigError(f"ERP_SYNC_CONFIG_FILE: {path}:{number}: expected NAME=value")
+        name, value = line.split("=", 1)
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[name.strip().upper()] = value
+    return values
+
+
+_OWN_KAFKA_VARS = {KAFKA_PREFIX + "BOOTSTRAP_SERVERS"}
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build :class:`Settings` from the environment (and ``ERP_SYNC_CONFIG_FILE``).
+
+    Args:
+        environ: the variables to read; defaults to ``os.environ``.
+        overrides: field values that win over everything (command-line options).
+
+    Raises:
+        ConfigError: a variable is invalid; the message names it.
+    """
+    env = {k.upper(): v for k, v in (os.environ if environ is None else environ).items()}
+    merged: dict[str, str] = {}
+    if env.get(ENV_PREFIX + "CONFIG_FILE"):
+        merged.update(_read_config_file(env[ENV_PREFIX + "CONFIG_FILE"]))
+    merged.update({k: v for k, v in env.items() if k.startswith(ENV_PREFIX)})
+
+    kafka: dict[str, str] = {}
+    consumer: dict[str, str] = {}
+    producer: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    fields: dict[str, Any] = {}
+    for name, value in merged.items():
+        if name in _OWN_KAFKA_VARS or not name.startswith(KAFKA_PREFIX):
+            short = name[len(ENV_PREFIX):].lower()
+            if short in Settings.model_fields and not Settings.model_fields[short].exclude:
+                fields[short] = value
+            continue
+        suffix = name[len(KAFKA_PREFIX):]
+        if suffix.startswith("CONSUMER_"):
+            target, key = consumer, env_to_librdkafka(suffix[len("CONSUMER_"):])
+        elif suffix.startswith("PRODUCER_"):
+            target, key = producer, env_to_librdkafka(suffix[len("PRODUCER_"):])
+        else:
+            target, key = kafka, env_to_librdkafka(suffix)
+        target[key] = value
+        sources[key] = name
+    fields.update(overrides)
+    try:
+        settings = Settings(
+            **{**fields, "kafka_config": kafka, "kafka_consumer_config": consumer,
+               "kafka_producer_config": producer, "kafka_config_sources": sources}
+        )
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None
+    return settings
+
+
+def _explain(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = err.get("loc") or ()
+        name = ENV_PREFIX + str(loc[0]).upper() if loc else "configuration"
+        message = err.get("msg", "invalid")
+        parts.append(f"{name}: {message}" if loc else message.removeprefix("Value error, "))
+    return "; ".join(parts)
+
+
+def validate_kafka_config(settings: Settings) -> None:
+    """Check every librdkafka property by building (and closing) a client, without connecting.
+
+    Raises:
+        ConfigError: naming the variable of an unknown or invalid property.
+    """
+    from confluent_kafka import Consumer, KafkaException, Producer
+
+    for build, conf in ((Consumer, settings.consumer_config()), (Producer, settings.producer_config())):
+        conf = {**conf, "log_level": 0}  # validation only: no connection noise
+        try:
+            client = build(conf)
+        except (KafkaException, ValueError, TypeError) as exc:
+            arg = exc.args[0] if exc.args else exc
+            text = arg.str() if hasattr(arg, "str") else str(arg)
+            match = re.search(r'property:? "?([a-zA-Z0-9._-]+)"?', text)
+            key = match.group(1) if match else None
+            var = settings.kafka_config_sources.get(key or "", librdkafka_to_env(key) if key else "ERP_SYNC_KAFKA_*")
+            raise ConfigError(f"{var}: {text}") from None
+        if isinstance(client, Consumer):
+            client.close()

@@ -1,0 +1,40 @@
+"""Shared fixtures: one real Kafka broker per test session, a real HTTP ERP stub per test.
+
+``KAFKA_BOOTSTRAP_SERVERS`` set → the tests use that cluster; otherwise they start a single-node
+KRaft broker from the Apache Kafka jars (``deploy/local/kafka.sh``) on a free port with a fresh
+data directory, and stop it at the end.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.kafka_harness import Broker, start_broker
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[Broker]:
+    """The session's Kafka broker."""
+    root = Path(tempfile.mkdtemp(prefix="erp-sync-test-kafka-"))
+    b = start_broker(root)
+    try:
+        yield b
+    finally:
+        b.wipe()
+
+
+@pytest.fixture
+def erp() -> Iterator[object]:
+    """A real HTTP ERP stub on a free port (see consumer/erp_stub.py)."""
+    from consumer.erp_stub import ErpStub
+
+    stub = ErpStub()
+    stub.start()
+    try:
+        yield stub
+    finally:
+        stub.stop()
