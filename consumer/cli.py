@@ -3,6 +3,7 @@
 ``run``            the consumer (``--exit-when-idle SECONDS`` to stop once caught up)
 ``erp-stub``       a local ERP for demos and tests
 ``produce-sample`` write realistic sample events to the topic
+``create-topics``  create the source and dead-letter topics if they are missing
 ``check-config``   validate the configuration and print it, secrets redacted
 
 Exit codes: 0 success; 1 runtime failure (fatal Kafka error); 2 bad configuration or usage.
@@ -75,6 +76,28 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_create_topics(args: argparse.Namespace) -> int:
+    """``erp-sync create-topics``: create the source and dead-letter topics if they are missing."""
+    from confluent_kafka.admin import NewTopic
+
+    from .kafka import admin_client
+
+    settings = _settings()
+    admin = admin_client(settings)
+    existing = admin.list_topics(timeout=15).topics
+    wanted = [NewTopic(settings.topic, args.partitions, args.replication_factor),
+              NewTopic(settings.dead_letter_topic, args.dlq_partitions, args.replication_factor)]
+    missing = [t for t in wanted if t.topic not in existing]
+    for topic in wanted:
+        if topic.topic in existing:
+            print(f"{topic.topic}: exists ({len(existing[topic.topic].partitions)} partitions)")
+    if missing:
+        for name, future in admin.create_topics(missing, request_timeout=30).items():
+            future.result(timeout=60)
+            print(f"{name}: created")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``erp-sync``."""
     parser = argparse.ArgumentParser(prog="erp-sync", description=__doc__.split("\n\n")[0],
@@ -97,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     produce.add_argument("--count", type=int, default=20)
     produce.add_argument("--seed", type=int, default=7)
     produce.set_defaults(func=cmd_produce_sample)
+
+    topics = sub.add_parser("create-topics", help="create the source and dead-letter topics if missing")
+    topics.add_argument("--partitions", type=int, default=6)
+    topics.add_argument("--dlq-partitions", type=int, default=1)
+    topics.add_argument("--replication-factor", type=int, default=1)
+    topics.set_defaults(func=cmd_create_topics)
 
     check = sub.add_parser("check-config", help="validate the configuration and print it with secrets redacted")
     check.set_defaults(func=cmd_check_config)

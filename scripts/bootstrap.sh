@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what the project needs on a fresh machine, once: the virtualenv with the package and
+# its test extra, and the Debian tools the tests use (promtool/prometheus). Idempotent and quick
+# when nothing changed. Sourced or run by scripts/demo.sh and scripts/test.sh.
+set -euo pipefail
+ROOT="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)"
+PYTHON="${PYTHON:-python3}"
+VENV="${ERP_SYNC_VENV:-$ROOT/.venv}"
+
+say() { printf '[bootstrap] %s\n' "$*" >&2; }
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+  say "creating virtualenv $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+stamp="$VENV/.erp-sync-installed"
+want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+  say "installing apaas-erp-sync and its test dependencies into $VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
+  echo "$want" > "$stamp"
+fi
+
+if [[ "${1:-}" == "--with-tools" ]]; then
+  if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+    if [[ "$(id -u)" == "0" ]]; then
+      say "installing Debian package prometheus (promtool, prometheus)"
+      apt-get update -qq >/dev/null
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+      # the package starts a service on :9090 where systemd/init runs; the tests start their own
+      (pkill -x prometheus || true) 2>/dev/null
+    else
+      say "promtool is missing: run 'sudo apt-get install -y prometheus' (Debian) and retry"
+      exit 1
+    fi
+  fi
+  command -v java >/dev/null 2>&1 || { say "java (17+) is required to run the local Kafka"; exit 1; }
+  command -v mvn >/dev/null 2>&1 || { say "maven is required to fetch the Kafka jars"; exit 1; }
+fi
