@@ -12,6 +12,7 @@ Exit codes: 0 success; 1 runtime failure (fatal Kafka error); 2 bad configuratio
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import sys
@@ -130,11 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate the configuration and print it with secrets redacted")
     check.set_defaults(func=cmd_check_config)
 
-    try:
+    if importlib.util.find_spec("consumer.tools") is not None:
         from . import tools
-    except ImportError:  # pragma: no cover - tools are optional during development
-        tools = None  # type: ignore[assignment]
-    if tools is not None:
+
         tools.register(sub)
     return parser
 

@@ -56,6 +56,8 @@ class DeadLetter:
         error: why it is dead.
         attempts: ERP attempts made (0 for decode/validation).
         on_done: called once, in the poll loop's thread, after the broker's acknowledgement.
+        cancelled: when it returns True a failed dead letter is not retried (its partition was
+            revoked: the new owner writes it).
     """
 
     topic: str
@@ -68,6 +70,7 @@ class DeadLetter:
     error: RecordError
     attempts: int
     on_done: Callable[[DeadLetter], None]
+    cancelled: Callable[[], bool] | None = None
     failures: int = 0
     last_error: str = field(default="")
 
@@ -75,7 +78,9 @@ class DeadLetter:
 def build_headers(msg: Message, error: RecordError, attempts: int) -> list[tuple[str, bytes]]:
     """The dead letter's headers: the original ones, then the ``erp_sync.*`` ones."""
     ts_type, ts = msg.timestamp()
-    headers: list[tuple[str, bytes]] = [(k, v if v is not None else b"") for k, v in (msg.headers() or [])]
+    raw = msg.headers() or []
+    original: list[tuple[str, Any]] = list(raw.items() if isinstance(raw, dict) else raw)
+    headers: list[tuple[str, bytes]] = [(k, v if isinstance(v, bytes) else (v or "").encode()) for k, v in original]
     headers += [
         (H_TOPIC, str(msg.topic()).encode()),
         (H_PARTITION, str(msg.partition()).encode()),
@@ -111,12 +116,12 @@ class DeadLetterWriter:
         self.pending = 0
 
     def send(self, msg: Message, error: RecordError, attempts: int,
-             on_done: Callable[[DeadLetter], None]) -> DeadLetter:
+             on_done: Callable[[DeadLetter], None], cancelled: Callable[[], bool] | None = None) -> DeadLetter:
         """Queue a dead letter for ``msg``; ``on_done`` runs after the broker confirmed it."""
         ts_type, ts = msg.timestamp()
         letter = DeadLetter(str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0),
                             ts if ts_type else -1, msg.key(), msg.value(),
-                            build_headers(msg, error, attempts), error, attempts, on_done)
+                            build_headers(msg, error, attempts), error, attempts, on_done, cancelled)
         self.pending += 1
         self._produce(letter)
         return letter
@@ -135,8 +140,8 @@ class DeadLetterWriter:
                 self._failed(letter, f"{err.name()}: {err.str()}")
 
         try:
-            self._producer.produce(self.topic, key=letter.key, value=letter.value, headers=letter.headers,
-                                   on_delivery=delivered)
+            self._producer.produce(self.topic, key=letter.key, value=letter.value,
+                                   headers=list(letter.headers), on_delivery=delivered)
         except BufferError:
             self._failed(letter, "local producer queue is full")
         except Exception as exc:  # KafkaException (e.g. message larger than message.max.bytes)
@@ -156,6 +161,9 @@ class DeadLetterWriter:
         now = time.monotonic()
         while self._retry_heap and self._retry_heap[0][0] <= now:
             _, _, letter = heapq.heappop(self._retry_heap)
+            if letter.cancelled is not None and letter.cancelled():
+                self.pending -= 1  # partition revoked: its new owner dead-letters the record
+                continue
             self._produce(letter)
 
     def flush(self, timeout_s: float) -> int:

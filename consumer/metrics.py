@@ -15,8 +15,14 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import REGISTRY
 
 from . import __version__
@@ -125,7 +131,8 @@ class Metrics:
         """Set lag (messages) and lag seconds of one partition."""
         children = self._lag_children.get(partition)
         if children is None:
-            children = (self.lag.labels(self.topic, str(partition)), self.lag_seconds.labels(self.topic, str(partition)))
+            label = str(partition)
+            children = (self.lag.labels(self.topic, label), self.lag_seconds.labels(self.topic, label))
             self._lag_children[partition] = children
         children[0].set(lag)
         children[1].set(lag_seconds)

@@ -68,9 +68,11 @@ class PartitionOffsets:
             self._floor = entries.popleft().offset + 1
 
     def advance_to(self, position: int) -> None:
-        """Let the commit move up to ``position`` (the consumer's fetch position) when nothing is
-        unfinished: this steps over offsets that never reach the application (control records of
-        transactions, aborted records, compacted-away offsets)."""
+        """Let the commit move up to ``position`` (the fetch position) when nothing is unfinished.
+
+        This steps over offsets that never reach the application: control records of
+        transactions, aborted records, compacted-away offsets.
+        """
         if not self._entries and (self._floor is None or position > self._floor):
             if self.last_tracked is None or position > self.last_tracked:
                 self._floor = position

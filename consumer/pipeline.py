@@ -31,7 +31,7 @@ from .erp import ErpClient
 from .errors import ErpRejectError, RecordError, ValidationError
 from .kafka import WatermarkWatcher, topic_retention_seconds
 from .metrics import Health, Metrics
-from .offsets import OffsetTracker
+from .offsets import OffsetTracker, PartitionOffsets
 from .retry import RateLimiter, SharedBackoff
 from .settings import Settings
 from .verdict import Outcome, Verdict
@@ -51,6 +51,7 @@ class PushTask:
     tp: TP
     offset: int
     generation: int
+    offsets: PartitionOffsets
     msg: Message
     body: bytes
     idempotency_key: str
@@ -259,7 +260,7 @@ class Pipeline:
             self._dead_letter(msg, ValidationError("Unexpected", f"{type(exc).__name__}: {exc}"), attempts=0)
             return
         ordering_key = msg.key() or str(event["instance_id"]).encode()
-        task = PushTask(tp, offset, self._generation.get(tp, 0), msg, body, key, event["instance_id"])
+        task = PushTask(tp, offset, self._generation.get(tp, 0), offsets, msg, body, key, event["instance_id"])
         self._outstanding[tp] = self._outstanding.get(tp, 0) + 1
         self.metrics.in_flight.inc()
         self.dispatcher.submit((tp[0], ordering_key), task)
@@ -284,7 +285,7 @@ class Pipeline:
 
     def _dead_letter(self, msg: Message, error: RecordError, attempts: int) -> None:
         tp = (str(msg.topic()), int(msg.partition() or 0))
-        generation = self._generation.get(tp, 0)
+        owner = self.tracker.get(*tp)
         offset = int(msg.offset() or 0)
         log.warning("dead-lettering record: %s %s", error.error_class, error.message,
                     extra=_msg_fields(msg, event="dead_letter", error_class=error.error_class,
@@ -292,12 +293,10 @@ class Pipeline:
                                       request_id=getattr(error, "request_id", None)))
 
         def done(_letter: DeadLetter) -> None:
-            if self._generation.get(tp, 0) == generation:
-                offsets = self.tracker.get(*tp)
-                if offsets is not None:
-                    offsets.done(offset)
+            if owner is not None and self.tracker.get(*tp) is owner:  # still ours: same assignment
+                owner.done(offset)
 
-        self.dead_letters.send(msg, error, attempts, done)
+        self.dead_letters.send(msg, error, attempts, done, cancelled=lambda: self.tracker.get(*tp) is not owner)
         self.metrics.dlq_pending.set(self.dead_letters.pending)
 
     def _dead_letter_confirmed(self, letter: DeadLetter) -> None:
@@ -358,7 +357,7 @@ class Pipeline:
         verdict = result.verdict
         if verdict is None:
             return  # abandoned: not committed, re-read by whoever owns the partition next
-        owned = self._generation.get(task.tp, 0) == task.generation and self.tracker.get(*task.tp) is not None
+        owned = self.tracker.get(*task.tp) is task.offsets  # same assignment (not revoked since)
         if verdict.outcome is Outcome.ACCEPTED:
             self.metrics.last_accepted.set(time.time())
             if verdict.duplicate:
@@ -368,7 +367,7 @@ class Pipeline:
                 self.stats.pushed += 1
                 self.metrics.pushed.inc()
             if owned:
-                self.tracker.partitions[task.tp].done(task.offset)
+                task.offsets.done(task.offset)
             return
         # reject: the record is at fault
         if owned:
@@ -392,13 +391,13 @@ class Pipeline:
             return
         tps = [TopicPartition(t, p, off) for (t, p), off in pending.items()]
         try:
-            result = self.consumer.commit(offsets=tps, asynchronous=asynchronous)
+            if asynchronous:
+                self.consumer.commit(offsets=tps, asynchronous=True)
+            else:
+                self._committed(self.consumer.commit(offsets=tps, asynchronous=False))
         except KafkaException as exc:
             self.metrics.commit_error.inc()
             self._log_throttled("commit", "commit failed: %s", exc)
-            return
-        if not asynchronous and result is not None:
-            self._committed(result)
 
     def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
         if err is not None:
@@ -450,28 +449,13 @@ class Pipeline:
         deadline = time.monotonic() + grace
         # In-flight requests finish (their verdicts are still ours to commit), within the grace.
         while any(self._outstanding.get(tp, 0) for tp in revoked) and time.monotonic() < deadline:
-            self._drain_results_for_revoke(revoked, 0.05)
+            self._drain_results(block_s=0.05)
             self.dead_letters.poll()
-        self._drain_results_for_revoke(revoked, 0.0)
+        self._drain_results()
+        self.dead_letters.flush(max(0.0, deadline - time.monotonic()))  # confirmed letters commit now
         self._commit(asynchronous=False, only=revoked)
         self._drop(revoked)
         log.info("revoked %s", _tps(partitions), extra={"event": "revoked"})
-
-    def _drain_results_for_revoke(self, revoked: list[TP], block_s: float) -> None:
-        # Results of revoked partitions carry an old generation; apply them as still owned.
-        try:
-            result = self._results.get(timeout=block_s) if block_s else self._results.get_nowait()
-        except queue.Empty:
-            return
-        while True:
-            task = result.task
-            if task.tp in revoked and task.generation == self._generation[task.tp] - 1:
-                task.generation = self._generation[task.tp]
-            self._apply(result)
-            try:
-                result = self._results.get_nowait()
-            except queue.Empty:
-                return
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels("lost").inc()
@@ -545,7 +529,7 @@ class Pipeline:
         parts = self.tracker.partitions
         if not parts or self._paused or self.tracker.unfinished or self.dead_letters.pending:
             return 0.0
-        if any(tp not in self._eof for tp in parts) or sum(self._outstanding.values()):
+        if any(tp not in self._eof for tp in parts) or any(self._outstanding.values()):
             return 0.0
         return time.monotonic() - self._last_activity
 

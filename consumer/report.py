@@ -46,12 +46,13 @@ def read_topic(settings: Settings, topic: str) -> list[Any]:
             msg = consumer.poll(5.0)
             if msg is None:
                 break
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
                     todo.discard(msg.partition())
                 continue
             out.append(msg)
-            if msg.offset() + 1 >= ends[msg.partition()]:
+            if (msg.offset() or 0) + 1 >= ends[msg.partition()]:
                 todo.discard(msg.partition())
         return out
     finally:

@@ -58,6 +58,7 @@ class SharedBackoff:
         Args:
             should_stop: checked at least every ``poll_s`` seconds; when it returns True the wait
                 ends and None is returned (shutdown, or the partition was revoked).
+            poll_s: longest single wait between checks, seconds.
 
         Returns:
             A :class:`Permit` to pass to :meth:`success` / :meth:`failure`, or None when stopped.

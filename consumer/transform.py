@@ -183,7 +183,7 @@ def to_erp_body(event: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def encode_body(body: Mapping[str, Any]) -> bytes:
-    """Serialize a body to compact UTF-8 JSON bytes, numbers exact.
+    r"""Serialize a body to compact UTF-8 JSON bytes, numbers exact.
 
     Raises:
         ValidationError: ``InvalidString`` (a lone surrogate from a ``\\ud800`` escape cannot be
