@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -74,6 +75,40 @@ _VALUE_DECODER = json.JSONDecoder(
 )
 
 
+_JSON_WS = " \t\n\r"
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_SLOW = object()
+
+
+def _scalar(text: str) -> Any:
+    """Parse a scalar JSON text fast (most form fields are scalars); ``_SLOW`` for anything else.
+
+    Same results as the full decoder: strings via orjson, numbers as in :func:`_parse_int` /
+    :func:`_parse_float`.
+    """
+    t = text.strip(_JSON_WS)
+    if not t:
+        return _SLOW
+    first = t[0]
+    if first == '"':
+        try:
+            value = orjson.loads(t)
+        except orjson.JSONDecodeError:
+            return _SLOW  # the full decoder produces the precise error
+        return value if isinstance(value, str) else _SLOW
+    if first == "-" or "0" <= first <= "9":
+        if _NUMBER.fullmatch(t) is None:
+            return _SLOW
+        return _parse_int(t) if _is_integer_text(t) else _parse_float(t)
+    if t == "true":
+        return True
+    if t == "false":
+        return False
+    if t == "null":
+        return None
+    return _SLOW
+
+
 def _is_integer_text(text: str) -> bool:
     return not any(c in text for c in ".eE")
 
@@ -97,7 +132,9 @@ def parse_variable_value(name: str, var_type: str, text: str) -> Any:
     if var_type not in VARIABLE_TYPES:
         raise ValidationError("UnknownType", f"variable {name!r}: unknown Type {var_type!r}")
     try:
-        value = _VALUE_DECODER.decode(text)
+        value = _scalar(text)
+        if value is _SLOW:
+            value = _VALUE_DECODER.decode(text)
     except RecursionError as exc:
         raise ValidationError("InvalidJson", f"variable {name!r}: value nested too deeply") from exc
     except ValueError as exc:  # json.JSONDecodeError is a ValueError; so are our hooks' errors
