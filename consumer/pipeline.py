@@ -125,6 +125,8 @@ class Pipeline:
         conf["logger"] = logging.getLogger("librdkafka.consumer")
         self.consumer = Consumer(conf)
         self.watermarks = WatermarkWatcher(settings, settings.lag_refresh_seconds)
+        self._schema_lookup = (events.registry_lookup(settings.schema_registry_url)
+                               if settings.schema_registry_url else None)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -245,7 +247,8 @@ class Pipeline:
         self._last_activity = time.monotonic()
         self.health.broker_up = True
         try:
-            event = events.decode(msg.value(), max_bytes=self.settings.max_value_bytes)
+            event = events.decode(msg.value(), max_bytes=self.settings.max_value_bytes,
+                                  writer_schema_lookup=self._schema_lookup)
             if not transform.is_pushed(event):
                 offsets.done(offset)
                 self.stats.skipped += 1
