@@ -7,6 +7,7 @@ the same thread, so per-key order holds whatever the latencies.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -51,7 +52,10 @@ class KeyedDispatcher(Generic[T]):
             try:
                 self._handler(task)
             except BaseException as exc:  # noqa: BLE001 - reported, never lost
-                self._on_error(task, exc)
+                try:
+                    self._on_error(task, exc)
+                except BaseException:  # noqa: BLE001 - the key must not be stranded
+                    logging.getLogger(__name__).exception("error handler failed")
             finally:
                 with self._lock:
                     self.running -= 1

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+from fastavro import _read_py
+from fastavro.io.binary_decoder import BinaryDecoder
 from fastavro.types import Schema
 
 from .errors import DecodeError
@@ -135,7 +137,53 @@ def decode(
         )
     if not isinstance(event, dict):
         raise DecodeError("InvalidAvro", "decoded value is not a record")
+    _check_indexes(value, 5 if reader is not None else 0, writer, reader, event)
     return event
+
+
+class _StrictDecoder(BinaryDecoder):
+    """fastavro's pure-Python decoder, refusing negative enum and union indexes."""
+
+    def read_enum(self) -> int:
+        index: int = self.read_long()
+        if index < 0:
+            raise ValueError(f"negative enum index {index}")
+        return index
+
+    def read_index(self) -> int:
+        index: int = self.read_long()
+        if index < 0:
+            raise ValueError(f"negative union index {index}")
+        return index
+
+
+def _check_indexes(value: bytes, start: int, writer: Schema, reader: Schema | None, event: Event) -> None:
+    """Refuse enum/union indexes that fastavro's fast reader silently wraps around.
+
+    fastavro 1.x indexes ``symbols[i]`` with a negative ``i`` from corrupt bytes, so a corrupt
+    REJECTED record can read as APPROVED. Re-encoding must give the same bytes; when it does not
+    (a corrupt index, or merely a non-canonical encoding such as split array blocks), a strict
+    pure-Python decode decides.
+
+    Raises:
+        DecodeError: ``InvalidAvro`` when an index is negative.
+    """
+    if reader is None:
+        out = io.BytesIO()
+        try:
+            fastavro.schemaless_writer(out, writer, event)
+        except Exception:  # noqa: BLE001 - cannot re-encode: let the strict decode decide
+            pass
+        else:
+            if out.getvalue() == value[start:]:
+                return
+    named = _read_py._default_named_schemas()
+    try:
+        strict_writer = _read_py.parse_schema(writer, named["writer"])
+        strict_reader = _read_py.parse_schema(reader, named["reader"]) if reader is not None else None
+        _read_py.read_data(_StrictDecoder(io.BytesIO(value[start:])), strict_writer, named, strict_reader, {})
+    except Exception as exc:  # noqa: BLE001 - any failure here means the bytes are corrupt
+        raise DecodeError("InvalidAvro", f"not a v1 WorkflowCompleted record: {exc}") from exc
 
 
 def registry_lookup(url: str, extra_config: Mapping[str, str] | None = None) -> WriterSchemaLookup:

@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     topic: str = "apaas.workflow.completed"
     group_id: str = "apaas-erp-sync"
     dlq_topic: str | None = Field(default=None, description="default <topic>.dlq")
-    schema_registry_url: str | None = None
+    schema_registry_url: str | None = Field(default=None, repr=False)  # may carry credentials
 
     erp_url: str | None = Field(default=None, repr=False)  # may carry credentials
     erp_timeout_seconds: float = Field(default=10.0, gt=0)
@@ -126,7 +126,7 @@ class Settings(BaseSettings):
                 "ERP_SYNC_RETRY_BACKOFF_MAX_SECONDS must be >= ERP_SYNC_RETRY_BACKOFF_INITIAL_SECONDS"
             )
         if self.erp_url is not None and not re.match(r"^https?://[^/\s]+", self.erp_url):
-            raise ValueError(f"ERP_SYNC_ERP_URL must be an http:// or https:// URL, got {self.erp_url!r}")
+            raise ValueError(f"ERP_SYNC_ERP_URL must be an http:// or https:// URL, got {redact_url(self.erp_url)!r}")
         return self
 
     @property
@@ -145,7 +145,7 @@ class Settings(BaseSettings):
         return value.encode() if value is not None else None
 
     def consumer_config(self) -> dict[str, Any]:
-        """librdkafka configuration of the consumer: our defaults, then the pass-through."""
+        """Librdkafka configuration of the consumer: our defaults, then the pass-through."""
         conf: dict[str, Any] = {
             "bootstrap.servers": self.kafka_bootstrap_servers,
             "group.id": self.group_id,
@@ -162,7 +162,7 @@ class Settings(BaseSettings):
         return conf
 
     def producer_config(self) -> dict[str, Any]:
-        """librdkafka configuration of the dead-letter producer."""
+        """Librdkafka configuration of the dead-letter producer."""
         conf: dict[str, Any] = {
             "bootstrap.servers": self.kafka_bootstrap_servers,
             "acks": "all",
@@ -191,6 +191,7 @@ class Settings(BaseSettings):
             out[ENV_PREFIX + name.upper()] = value
         out[ENV_PREFIX + "DLQ_TOPIC"] = self.dead_letter_topic
         out["ERP_SYNC_ERP_URL"] = redact_url(self.erp_url)
+        out["ERP_SYNC_SCHEMA_REGISTRY_URL"] = redact_url(self.schema_registry_url)
         for source, conf in (("", self.kafka_config), ("CONSUMER_", self.kafka_consumer_config),
                              ("PRODUCER_", self.kafka_producer_config)):
             for key, val in conf.items():
