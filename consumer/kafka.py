@@ -30,7 +30,8 @@ def topic_retention_seconds(settings: Settings, topic: str, timeout_s: float = 5
     """The topic's ``retention.ms`` in seconds (-1 when unlimited), or None if it cannot be read."""
     try:
         resource = ConfigResource(ResourceType.TOPIC, topic)
-        future = admin_client(settings).describe_configs([resource], request_timeout=timeout_s)[resource]
+        admin = admin_client(settings)  # keep a reference until the future is done
+        future = admin.describe_configs([resource], request_timeout=timeout_s)[resource]
         entry = future.result(timeout=timeout_s).get("retention.ms")
         if entry is None or entry.value is None:
             return None

@@ -69,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     print(format_summary(pushes))
     accepted_ids = {r.get("instance_id") for r in pushes if r.get("code") == "OK"}
     spec_ok = any(r.get("body") == SPEC_EXAMPLE_BODY for r in pushes)
+    spec_pushes = [r for r in pushes if r.get("instance_id") == 1427810976874430514]
+    if spec_pushes:
+        print("\nBody received for the specification's example (InstanceId 1427810976874430514):")
+        print(spec_pushes[0].get("body"))
+        print(f"Idempotency-Key: {spec_pushes[0].get('idempotency_key')}")
 
     dead = {}
     for msg in read_topic(settings, settings.dead_letter_topic):
