@@ -66,7 +66,7 @@ class DeadLetter:
     timestamp_ms: int
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, bytes | None]]
     error: RecordError
     attempts: int
     on_done: Callable[[DeadLetter], None]
@@ -75,12 +75,14 @@ class DeadLetter:
     last_error: str = field(default="")
 
 
-def build_headers(msg: Message, error: RecordError, attempts: int) -> list[tuple[str, bytes]]:
+def build_headers(msg: Message, error: RecordError, attempts: int) -> list[tuple[str, bytes | None]]:
     """The dead letter's headers: the original ones, then the ``erp_sync.*`` ones."""
     ts_type, ts = msg.timestamp()
     raw = msg.headers() or []
     original: list[tuple[str, Any]] = list(raw.items() if isinstance(raw, dict) else raw)
-    headers: list[tuple[str, bytes]] = [(k, v if isinstance(v, bytes) else (v or "").encode()) for k, v in original]
+    headers: list[tuple[str, bytes | None]] = [
+        (k, v.encode() if isinstance(v, str) else v) for k, v in original  # a null value stays null
+    ]
     headers += [
         (H_TOPIC, str(msg.topic()).encode()),
         (H_PARTITION, str(msg.partition()).encode()),

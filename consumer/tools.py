@@ -1192,19 +1192,19 @@ class DlqSummary:
         return sum(1 for letter in self.letters if letter.result == result)
 
 
-def raw_headers(msg: Message) -> list[tuple[str, bytes]]:
-    """A record's headers in order, values as bytes (a null value becomes ``b""``)."""
+def raw_headers(msg: Message) -> list[tuple[str, bytes | None]]:
+    """A record's headers in order, values as bytes (a null value stays ``None``)."""
     raw: Any = msg.headers() or []
     items = raw.items() if isinstance(raw, dict) else raw
-    return [(str(k), v.encode() if isinstance(v, str) else (v or b"")) for k, v in items]
+    return [(str(k), v.encode() if isinstance(v, str) else v) for k, v in items]
 
 
 def letter_headers(msg: Message) -> dict[str, str]:
     """The ``erp_sync.*`` headers of a dead letter as text (the last value of a repeated name wins)."""
-    return {k: v.decode("utf-8", "replace") for k, v in raw_headers(msg) if k.startswith("erp_sync.")}
+    return {k: (v or b"").decode("utf-8", "replace") for k, v in raw_headers(msg) if k.startswith("erp_sync.")}
 
 
-def rewrite_headers(msg: Message, error: RecordError, attempts: int, replays: int) -> list[tuple[str, bytes]]:
+def rewrite_headers(msg: Message, error: RecordError, attempts: int, replays: int) -> list[tuple[str, bytes | None]]:
     """Headers of a dead letter written back to the dead-letter topic.
 
     Its original headers and ``erp_sync.original.*`` stay unchanged, followed by fresh

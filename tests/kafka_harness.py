@@ -241,3 +241,173 @@ def run_until_idle(env: dict[str, str], log_path: Path, idle_s: float = 1.0, tim
     code = cp.wait(timeout)
     assert code == 0, f"erp-sync run exited {code}; log:\n{cp.log()[-4000:]}"
     return cp
+
+
+# ------------------------------------------------------------------ fault-test helpers (tests/test_faults_process.py)
+
+
+def group_state(broker: Broker, group: str, timeout_s: float = 15.0) -> tuple[str, int]:
+    """The consumer group's state name (``EMPTY``, ``STABLE``, …) and its number of active members."""
+    admin = broker.admin()
+    desc = admin.describe_consumer_groups([group], request_timeout=timeout_s)[group].result(timeout=timeout_s + 5)
+    return desc.state.name, len(desc.members)
+
+
+class CommitWatcher:
+    """Polls a group's committed offsets every ``interval_s`` on a background thread.
+
+    ``samples`` holds ``(t_before, t_after, {partition: offset})`` with ``time.time()`` taken just
+    before and just after each query (-1001 when the group has no commit for a partition). The
+    watcher never joins the group: ``committed()`` is a plain OffsetFetch.
+    """
+
+    def __init__(self, broker: Broker, group: str, topic: str, partitions: int, interval_s: float = 0.1) -> None:
+        import threading
+
+        self._consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group,
+                                   "enable.auto.commit": False})
+        self._tps = [TopicPartition(topic, p) for p in range(partitions)]
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self.samples: list[tuple[float, float, dict[int, int]]] = []
+        self.errors: list[str] = []
+        self._thread = threading.Thread(target=self._loop, name="commit-watcher", daemon=True)
+
+    def start(self) -> CommitWatcher:
+        """Start polling; returns self."""
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            before = time.time()
+            try:
+                tps = self._consumer.committed(self._tps, timeout=5)
+                self.samples.append((before, time.time(), {tp.partition: tp.offset for tp in tps}))
+            except Exception as exc:  # noqa: BLE001 - a busy broker may time out a query: keep polling
+                self.errors.append(repr(exc))
+            self._stop.wait(self._interval_s)
+
+    def stop(self) -> None:
+        """Stop polling and close the client (idempotent)."""
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join(15)
+            self._consumer.close()
+
+    def decreases(self) -> list[tuple[int, int, int]]:
+        """``(partition, earlier, later)`` for every time a partition's committed offset moved backwards."""
+        out: list[tuple[int, int, int]] = []
+        last: dict[int, int] = {}
+        for _b, _a, offsets in self.samples:
+            for p, off in offsets.items():
+                if off >= 0 and p in last and off < last[p]:
+                    out.append((p, last[p], off))
+                if off >= 0:
+                    last[p] = max(off, last.get(p, off))
+        return out
+
+
+def produce_transactions(broker: Broker, topic: str,
+                         transactions: Sequence[tuple[bool, Sequence[tuple[bytes | None, bytes | None]]]],
+                         transactional_id: str | None = None) -> list[list[tuple[int, int]]]:
+    """Write each ``(commit, records)`` as one transaction of a transactional producer (aborted when
+    ``commit`` is False); return the ``(partition, offset)`` of each record, per transaction."""
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "transactional.id": transactional_id or unique("tx"),
+                         "linger.ms": 5})
+    producer.init_transactions(30)
+    out: list[list[tuple[int, int]]] = []
+    for commit, records in transactions:
+        placed: list[tuple[int, int] | None] = [None] * len(records)
+        errors: list[str] = []
+
+        def cb(index: int, placed: list[tuple[int, int] | None] = placed, errors: list[str] = errors) -> Any:
+            def done(err: KafkaError | None, msg: Any) -> None:
+                if err is not None:
+                    errors.append(str(err))
+                else:
+                    placed[index] = (msg.partition(), msg.offset())
+            return done
+
+        producer.begin_transaction()
+        for i, (key, value) in enumerate(records):
+            producer.produce(topic, key=key, value=value, on_delivery=cb(i))
+        producer.flush(30)  # delivery reports (offsets) before the end of the transaction
+        assert not errors and all(p is not None for p in placed), f"transactional produce failed: {errors[:3]}"
+        if commit:
+            producer.commit_transaction(30)
+        else:
+            producer.abort_transaction(30)
+        out.append([p for p in placed if p is not None])
+    producer.flush(10)
+    return out
+
+
+def log_events(text: str) -> list[dict[str, Any]]:
+    """The JSON log lines of ``erp-sync run`` (``ERP_SYNC_LOG_FORMAT=json``), non-JSON lines skipped."""
+    import json
+
+    out: list[dict[str, Any]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a live process has used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+# ------------------------------------------------------------------ additions for the fault and security tests
+
+
+def start_dedicated_broker(tmp_root: Path) -> Broker:
+    """A fresh *managed* local broker on free ports, for a test that stops and restarts it.
+
+    Unlike :func:`start_broker` it ignores ``KAFKA_BOOTSTRAP_SERVERS`` and
+    ``ERP_SYNC_TEST_KAFKA_PORT`` (those name the session's broker, which must keep running).
+    Call :meth:`Broker.wipe` when done.
+    """
+    port = free_port()
+    data_dir = str(tmp_root / f"kafka-dedicated-{port}")
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "ERP_SYNC_TEST_KAFKA_PORT")}
+    env.update({"KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(free_port()), "KAFKA_DATA_DIR": data_dir})
+    broker = Broker(f"127.0.0.1:{port}", managed=True, port=port, data_dir=data_dir, env=env)
+    try:
+        broker.start()
+    except BaseException:
+        broker.wipe()  # a half-started JVM must not outlive the test
+        raise
+    return broker
+
+
+def wait_until(predicate: Any, timeout_s: float, what: str, poll_s: float = 0.2) -> float:
+    """Poll ``predicate()`` until it is truthy; return the seconds waited (TimeoutError naming ``what``)."""
+    started = time.monotonic()
+    deadline = started + timeout_s
+    while True:
+        if predicate():
+            return time.monotonic() - started
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"not within {timeout_s} s: {what}")
+        time.sleep(poll_s)
+
+
+def stop_consumer(cp: ConsumerProcess, timeout: float = 40) -> int:
+    """SIGTERM a running ``erp-sync run`` (if still running) and return its exit code."""
+    if cp.proc.poll() is None:
+        cp.proc.terminate()
+    try:
+        return cp.proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        cp.proc.kill()
+        cp.proc.wait(timeout=10)
+        raise
+
