@@ -40,7 +40,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("ERP_SYNC_ERP_URL: required (the ERP endpoint, e.g. https://erp.example.com/apaas/push)")
     validate_kafka_config(settings)
     log.info("configuration: %s", json.dumps(settings.redacted()), extra={"event": "config"})
-    return pipeline.run(settings, exit_when_idle_s=args.exit_when_idle)
+    pipeline.exit_now(pipeline.run(settings, exit_when_idle_s=args.exit_when_idle))
+    return 1  # not reached
 
 
 def cmd_erp_stub(args: argparse.Namespace) -> int:

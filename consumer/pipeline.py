@@ -13,8 +13,10 @@ unfinished record.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -105,6 +107,7 @@ class Pipeline:
         self._last_activity = time.monotonic()
         self._caught_up_at: dict[TP, float] = {}
         self._next_commit = 0.0
+        self._shutdown_deadline: float | None = None
         self._next_lag = 0.0
         self._last_error_log: dict[str, float] = {}
 
@@ -198,6 +201,7 @@ class Pipeline:
         self.health.stopping = True
         self._stop.set()  # workers abandon queued and retrying work
         deadline = time.monotonic() + self.settings.shutdown_timeout_seconds
+        self._shutdown_deadline = deadline
         try:
             assignment = self.consumer.assignment()
             if assignment:
@@ -450,6 +454,8 @@ class Pipeline:
             self._generation[tp] = self._generation.get(tp, 0) + 1
         grace = min(REVOKE_GRACE_MAX_S, self.settings.shutdown_timeout_seconds)
         deadline = time.monotonic() + grace
+        if self._shutdown_deadline is not None:  # closing: the shutdown bound wins
+            deadline = min(deadline, self._shutdown_deadline)
         # In-flight requests finish (their verdicts are still ours to commit), within the grace.
         while any(self._outstanding.get(tp, 0) for tp in revoked) and time.monotonic() < deadline:
             self._drain_results(block_s=0.05)
@@ -587,3 +593,16 @@ def run(settings: Settings, exit_when_idle_s: float | None = None,
     finally:
         if server is not None:
             server.shutdown()
+
+
+def exit_now(code: int) -> None:
+    """Exit at once with ``code``, without waiting for worker threads.
+
+    A push abandoned at shutdown may still sit in an HTTP read until its timeout; the interpreter
+    would join that thread at exit and overrun the shutdown bound. Everything that matters
+    (commit, dead letters, group leave) is done before this is called.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
