@@ -11,8 +11,8 @@ import logging
 import threading
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+from confluent_kafka import IsolationLevel, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, OffsetSpec, ResourceType
 
 from .settings import Settings
 
@@ -51,7 +51,9 @@ def metadata_consumer_config(settings: Settings) -> dict[str, Any]:
 
 
 class WatermarkWatcher:
-    """Queries high watermarks of the assigned partitions every ``interval_s`` on its own thread.
+    """Queries high watermarks (last stable offsets) of the assigned partitions every ``interval_s``.
+
+    Uses an AdminClient (ListOffsets, read_committed) on its own thread: no group, no fetching.
 
     Args:
         settings: for the client configuration.
@@ -63,7 +65,13 @@ class WatermarkWatcher:
     """
 
     def __init__(self, settings: Settings, interval_s: float) -> None:
-        self._client = Consumer(metadata_consumer_config(settings))
+        conf = {k: v for k, v in metadata_consumer_config(settings).items()
+                if k not in ("group.id", "enable.auto.commit", "enable.auto.offset.store", "auto.offset.reset",
+                             "enable.partition.eof", "isolation.level", "queued.max.messages.kbytes",
+                             "session.timeout.ms", "heartbeat.interval.ms", "max.poll.interval.ms",
+                             "partition.assignment.strategy", "group.instance.id")}
+        conf["logger"] = logging.getLogger("librdkafka.watermarks")
+        self._admin = AdminClient(conf)
         self._interval_s = interval_s
         self._partitions: list[tuple[str, int]] = []
         self._lock = threading.Lock()
@@ -88,11 +96,14 @@ class WatermarkWatcher:
             partitions = list(self._partitions)
         high = {}
         ok = True
-        for topic, partition in partitions:
+        if partitions:
+            request = {TopicPartition(t, p): OffsetSpec.latest() for t, p in partitions}
             try:
-                _low, hw = self._client.get_watermark_offsets(TopicPartition(topic, partition), timeout=2.0)
-                high[(topic, partition)] = hw
-            except KafkaException:
+                futures = self._admin.list_offsets(request, isolation_level=IsolationLevel.READ_COMMITTED,
+                                                   request_timeout=2.0)
+                for tp, future in futures.items():
+                    high[(tp.topic, tp.partition)] = future.result(timeout=3.0).offset
+            except Exception:  # noqa: BLE001 - KafkaException or a timeout: keep the last values
                 ok = False
         with self._lock:
             self.high.update(high)
@@ -109,4 +120,3 @@ class WatermarkWatcher:
         """Stop the thread and close the client."""
         self._stop.set()
         self._thread.join(timeout=5)
-        self._client.close()

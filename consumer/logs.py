@@ -7,10 +7,13 @@ Context travels in ``extra=`` fields (``topic``, ``partition``, ``offset``, ``in
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import time
 
 from pythonjsonlogger.json import JsonFormatter
 
+_DIGITS = re.compile(r"\d+")
 _TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
 
@@ -24,6 +27,35 @@ class _TextWithContext(logging.Formatter):
         if extras:
             line += " " + " ".join(f"{k}={v}" for k, v in extras.items())
         return line
+
+
+class ThrottleFilter(logging.Filter):
+    """Lets the same message (digits ignored) through at most once per ``every_s`` seconds.
+
+    librdkafka logs every failed connection attempt; while a broker is down that is several lines
+    a second. The first one of each kind gets through, with a count of the suppressed ones when
+    the next one is let through.
+    """
+
+    def __init__(self, every_s: float = 30.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Return True when the record may be emitted."""
+        key = _DIGITS.sub("#", record.getMessage())[:200]
+        now = time.monotonic()
+        last, suppressed = self._last.get(key, (-1e18, 0))
+        if now - last < self.every_s:
+            self._last[key] = (last, suppressed + 1)
+            return False
+        self._last[key] = (now, 0)
+        if suppressed:
+            record.suppressed = suppressed  # shown as a field: how many were dropped meanwhile
+        if len(self._last) > 1000:
+            self._last.clear()
+        return True
 
 
 def setup(fmt: str = "auto", level: str = "INFO") -> None:
@@ -44,5 +76,9 @@ def setup(fmt: str = "auto", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    librdkafka = logging.getLogger("librdkafka")
+    librdkafka.filters[:] = [ThrottleFilter()]
+    for child in ("consumer", "producer", "watermarks"):  # filters do not propagate to children
+        logging.getLogger(f"librdkafka.{child}").filters[:] = [ThrottleFilter()]
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)

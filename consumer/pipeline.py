@@ -176,9 +176,11 @@ class Pipeline:
         return 0
 
     def _iteration(self) -> None:
-        timeout = POLL_TIMEOUT_S if self.tracker.unfinished or self.dead_letters.pending else 0.2
+        unfinished = self.tracker.unfinished
+        timeout = POLL_TIMEOUT_S if unfinished or self.dead_letters.pending else 0.2
+        room = self.settings.max_buffered_records - unfinished
         try:
-            msgs = self.consumer.consume(num_messages=CONSUME_BATCH, timeout=timeout)
+            msgs = self.consumer.consume(num_messages=max(1, min(CONSUME_BATCH, room)), timeout=timeout)
         except KafkaException as exc:
             self._log_throttled("consume", "consume failed: %s", exc)
             msgs = []
@@ -449,6 +451,7 @@ class Pipeline:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels("revoke").inc()
+        self._resume_before_release(consumer, partitions)
         revoked = [(tp.topic, tp.partition) for tp in partitions]
         for tp in revoked:  # cancel queued and retrying work of these partitions
             self._generation[tp] = self._generation.get(tp, 0) + 1
@@ -468,11 +471,20 @@ class Pipeline:
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels("lost").inc()
+        self._resume_before_release(consumer, partitions)
         lost = [(tp.topic, tp.partition) for tp in partitions]
         for tp in lost:
             self._generation[tp] = self._generation.get(tp, 0) + 1
         self._drop(lost)  # no commit: another member may own them already
         log.warning("partitions lost (session timed out): %s", _tps(partitions), extra={"event": "lost"})
+
+    def _resume_before_release(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Clear the pause flag on release: librdkafka keeps it across re-assignment."""
+        if self._paused and not self._stop.is_set():
+            try:
+                consumer.resume(partitions)
+            except KafkaException as exc:
+                self._log_throttled("pause", "resume on release failed: %s", exc)
 
     def _drop(self, tps: list[TP]) -> None:
         for tp in tps:

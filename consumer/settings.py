@@ -29,7 +29,11 @@ from .verdict import DEFAULT_RETRY_CODES
 
 ENV_PREFIX = "ERP_SYNC_"
 KAFKA_PREFIX = ENV_PREFIX + "KAFKA_"
-_SECRET_KEY = re.compile(r"password|secret|token|credential|\.key\.pem|private|jaas", re.IGNORECASE)
+_SECRET_KEY = re.compile(
+    r"password|secret|token|credential|key\.pem|ssl_key|private|jaas|oauthbearer\.config|sasl\.username",
+    re.IGNORECASE,
+)
+"""Properties whose values are never printed (librdkafka's own "sensitive" list and more)."""
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
@@ -127,6 +131,11 @@ class Settings(BaseSettings):
             )
         if self.erp_url is not None and not re.match(r"^https?://[^/\s]+", self.erp_url):
             raise ValueError(f"ERP_SYNC_ERP_URL must be an http:// or https:// URL, got {redact_url(self.erp_url)!r}")
+        if self.erp_url is not None and re.match(r"^https?://[^/]*@", self.erp_url):
+            raise ValueError(
+                "ERP_SYNC_ERP_URL must not carry credentials (user:password@): URLs end up in logs; "
+                "put them in ERP_SYNC_ERP_AUTH_HEADER_VALUE or ERP_SYNC_ERP_AUTH_HEADER_VALUE_FILE"
+            )
         return self
 
     @property
@@ -168,7 +177,8 @@ class Settings(BaseSettings):
             "acks": "all",
             "enable.idempotence": True,
             "linger.ms": 5,
-            "message.timeout.ms": 30000,  # a failing dead letter surfaces within 30 s, then retries
+            "message.timeout.ms": 10000,  # a failing dead letter surfaces within 10 s, then retries
+            "topic.metadata.propagation.max.ms": 5000,  # a missing DLQ topic is reported within 5 s
             "client.id": f"apaas-erp-sync-dlq-{os.uname().nodename}",
         }
         conf.update(self.kafka_config)
@@ -200,10 +210,10 @@ class Settings(BaseSettings):
 
 
 def redact_url(url: str | None) -> str | None:
-    """Mask a password in ``scheme://user:password@host`` and any query string."""
+    """Mask any userinfo (``scheme://user:password@host``, ``scheme://token@host``) and query string."""
     if url is None:
         return None
-    url = re.sub(r"(://[^/:@]*):[^/@]*@", r"\1:****@", url)
+    url = re.sub(r"://[^/@]*@", "://****@", url)
     return re.sub(r"\?.*$", "?****", url)
 
 

@@ -365,7 +365,7 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
-# ------------------------------------------------------------------ additions for the fault and security tests
+# ------------------------------------------------------------- helpers of test_faults_infra.py and test_security.py
 
 
 def start_dedicated_broker(tmp_root: Path) -> Broker:
