@@ -32,7 +32,7 @@ SECRET_ENV = {
     "ERP_SYNC_ERP_AUTH_HEADER_VALUE": "Bearer sekrit-123",
     "ERP_SYNC_ERP_HMAC_SECRET": "hm4c-sekrit",
     "ERP_SYNC_KAFKA_SASL_PASSWORD": "kafka-sekrit",
-    "ERP_SYNC_ERP_URL": "https://user:urlsekrit@erp.example/x?token=qsekrit",
+    "ERP_SYNC_ERP_URL": "https://erp.example/x?token=qsekrit",  # credentials in userinfo are refused
 }
 SECRETS = ("sekrit-123", "hm4c-sekrit", "kafka-sekrit", "urlsekrit", "qsekrit")
 
@@ -263,6 +263,12 @@ def test_config_file_errors(tmp_path: Path) -> None:
 # --- secrets --------------------------------------------------------------------------------
 
 
+def test_credentials_in_the_erp_url_are_refused() -> None:
+    message = config_error({"ERP_SYNC_ERP_URL": "https://user:urlsekrit@erp.example/x"})
+    assert message.startswith("ERP_SYNC_ERP_URL must not carry credentials")
+    assert "urlsekrit" not in message
+
+
 def test_secrets_are_never_printed() -> None:
     s = load_settings(SECRET_ENV)
     assert s.auth_header_value() == "Bearer sekrit-123"
@@ -273,7 +279,7 @@ def test_secrets_are_never_printed() -> None:
     for text in (repr(s), str(s), json.dumps(redacted), repr(redacted)):
         for secret in SECRETS:
             assert secret not in text
-    assert redacted["ERP_SYNC_ERP_URL"] == "https://user:****@erp.example/x?****"
+    assert redacted["ERP_SYNC_ERP_URL"] == "https://erp.example/x?****"
     assert redacted["ERP_SYNC_ERP_AUTH_HEADER_VALUE"] == "**********"
     assert redacted["ERP_SYNC_ERP_HMAC_SECRET"] == "**********"
     assert redacted["ERP_SYNC_KAFKA_SASL_PASSWORD"] == "**********"
@@ -293,7 +299,7 @@ def test_redacted_keeps_plain_pass_through_values() -> None:
     ("key", "secret"),
     [("sasl.password", True), ("ssl.key.password", True), ("sasl.oauthbearer.client.secret", True),
      ("ssl.key.pem", True), ("sasl.jaas.config", True), ("ERP_SYNC_ERP_HMAC_SECRET", True),
-     ("sasl.mechanism", False), ("bootstrap.servers", False), ("sasl.username", False)],
+     ("sasl.mechanism", False), ("bootstrap.servers", False), ("sasl.username", True)],
 )
 def test_is_secret_key(key: str, secret: bool) -> None:
     assert is_secret_key(key) is secret
@@ -302,9 +308,9 @@ def test_is_secret_key(key: str, secret: bool) -> None:
 @pytest.mark.parametrize(
     ("url", "expected"),
     [(None, None), ("https://erp.example/x", "https://erp.example/x"),
-     ("https://u:p@erp.example/x", "https://u:****@erp.example/x"),
+     ("https://u:p@erp.example/x", "https://****@erp.example/x"),
      ("https://erp.example/x?token=t&b=c", "https://erp.example/x?****"),
-     ("http://u:p@h:8080/x?q=1", "http://u:****@h:8080/x?****")],
+     ("http://u:p@h:8080/x?q=1", "http://****@h:8080/x?****")],
 )
 def test_redact_url(url: str | None, expected: str | None) -> None:
     assert redact_url(url) == expected
@@ -325,7 +331,7 @@ def test_check_config_prints_no_secret() -> None:
     for secret in SECRETS:
         assert secret not in output
     printed = json.loads(proc.stdout)
-    assert printed["ERP_SYNC_ERP_URL"] == "https://user:****@erp.example/x?****"
+    assert printed["ERP_SYNC_ERP_URL"] == "https://erp.example/x?****"
     assert printed["ERP_SYNC_KAFKA_SASL_PASSWORD"] == "**********"
     assert printed["ERP_SYNC_ERP_AUTH_HEADER_VALUE"] == "**********"
     assert printed["ERP_SYNC_ERP_HMAC_SECRET"] == "**********"
