@@ -44,6 +44,8 @@ TP = tuple[str, int]
 POLL_TIMEOUT_S = 0.05
 CONSUME_BATCH = 500
 REVOKE_GRACE_MAX_S = 5.0
+BACKOFF_LOG_EVERY_S = 10.0
+"""While the ERP keeps failing, one backoff log line per this many seconds (plus the first)."""
 
 
 @dataclass(slots=True)
@@ -108,6 +110,7 @@ class Pipeline:
         self._caught_up_at: dict[TP, float] = {}
         self._next_commit = 0.0
         self._shutdown_deadline: float | None = None
+        self._last_backoff_log = -1e9
         self._next_lag = 0.0
         self._last_error_log: dict[str, float] = {}
 
@@ -126,7 +129,9 @@ class Pipeline:
         conf["error_cb"] = self._on_kafka_error
         conf["on_commit"] = self._on_commit
         conf["logger"] = logging.getLogger("librdkafka.consumer")
+        self._consumer_conf = conf
         self.consumer = Consumer(conf)
+        self._unassigned_since: float | None = time.monotonic()  # rejoin watchdog, see _check_rejoin
         self.watermarks = WatermarkWatcher(settings, settings.lag_refresh_seconds)
         self._schema_lookup = (events.registry_lookup(settings.schema_registry_url)
                                if settings.schema_registry_url else None)
@@ -157,8 +162,7 @@ class Pipeline:
         if retention is not None:
             self.metrics.retention.labels(s.topic).set(retention)
         self.watermarks.start()
-        self.consumer.subscribe([s.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                on_lost=self._on_lost)
+        self._subscribe()
         log.info("consuming %s as group %s; ERP %s; dead letters to %s", s.topic, s.group_id,
                  _redact(s.erp_url), s.dead_letter_topic, extra={"event": "started"})
         self.health.started = True
@@ -174,6 +178,31 @@ class Pipeline:
             log.error("exiting after a fatal error: %s", self._fatal, extra={"event": "fatal"})
             return 1
         return 0
+
+    def _subscribe(self) -> None:
+        self.consumer.subscribe([self.settings.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_lost)
+
+    def _check_rejoin(self) -> None:
+        """Recreate the Kafka consumer when it has had no assignment for ``rejoin_timeout_seconds``.
+
+        librdkafka can stay out of its group after a broker restart (its JoinGroup waits forever on a
+        coordinator connection that never comes back; librdkafka issues #3082, #3396). Holding no
+        partition, there is nothing to commit or lose: a fresh client joins the group again.
+        """
+        since = self._unassigned_since
+        if since is None or self._stop.is_set():
+            return
+        waited = time.monotonic() - since
+        if waited < self.settings.rejoin_timeout_seconds:
+            return
+        log.warning("no partition assignment for %.0f s: recreating the Kafka consumer to rejoin group %s",
+                    waited, self.settings.group_id, extra={"event": "consumer_recreated"})
+        old = self.consumer
+        threading.Thread(target=_close_quietly, args=(old,), name="old-consumer-close", daemon=True).start()
+        self.consumer = Consumer(self._consumer_conf)
+        self._unassigned_since = time.monotonic()
+        self._subscribe()
 
     def _iteration(self) -> None:
         unfinished = self.tracker.unfinished
@@ -197,6 +226,7 @@ class Pipeline:
             self._update_lag()
             self._next_lag = now + min(1.0, self.settings.lag_refresh_seconds)
         self._apply_backpressure()
+        self._check_rejoin()
 
     def _shutdown(self) -> None:
         """Stop fetching, finish or abandon in-flight pushes within the shutdown timeout, commit, close."""
@@ -337,7 +367,10 @@ class Pipeline:
                 self._results.put(PushResult(task, result, attempts))
                 return
             delay = self.backoff.failure(permit, result.retry_after_s)
-            if delay is not None:
+            now = time.monotonic()
+            first = self.backoff.failures == 1
+            if delay is not None and (first or now - self._last_backoff_log >= BACKOFF_LOG_EVERY_S):
+                self._last_backoff_log = now
                 log.warning("ERP answered retry (%s: %s); all pushes back off %.1f s (failure %d in a row)",
                             result.code, result.message, delay, self.backoff.failures,
                             extra={"event": "erp_backoff", "erp_code": result.code, "request_id": result.request_id,
@@ -433,7 +466,10 @@ class Pipeline:
     # ------------------------------------------------------------------ rebalance
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is not self.consumer:
+            return  # a discarded client (see _check_rejoin) closing on another thread
         self.metrics.rebalances.labels("assign").inc()
+        self._unassigned_since = None
         committed: dict[TP, int | None] = {}
         try:
             for tp in consumer.committed(partitions, timeout=10):
@@ -450,6 +486,8 @@ class Pipeline:
         log.info("assigned %s", _tps(partitions), extra={"event": "assigned"})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is not self.consumer:
+            return  # a discarded client (see _check_rejoin) closing on another thread
         self.metrics.rebalances.labels("revoke").inc()
         self._resume_before_release(consumer, partitions)
         revoked = [(tp.topic, tp.partition) for tp in partitions]
@@ -467,15 +505,19 @@ class Pipeline:
         self.dead_letters.flush(max(0.0, deadline - time.monotonic()))  # confirmed letters commit now
         self._commit(asynchronous=False, only=revoked)
         self._drop(revoked)
+        self._unassigned_since = time.monotonic()
         log.info("revoked %s", _tps(partitions), extra={"event": "revoked"})
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is not self.consumer:
+            return  # a discarded client (see _check_rejoin) closing on another thread
         self.metrics.rebalances.labels("lost").inc()
         self._resume_before_release(consumer, partitions)
         lost = [(tp.topic, tp.partition) for tp in partitions]
         for tp in lost:
             self._generation[tp] = self._generation.get(tp, 0) + 1
         self._drop(lost)  # no commit: another member may own them already
+        self._unassigned_since = time.monotonic()
         log.warning("partitions lost (session timed out): %s", _tps(partitions), extra={"event": "lost"})
 
     def _resume_before_release(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -571,6 +613,13 @@ class Pipeline:
         if now - self._last_error_log.get(key, -1e9) >= every_s:
             self._last_error_log[key] = now
             log.warning(fmt, *args, extra={"event": "kafka_error", "error_key": key})
+
+
+def _close_quietly(consumer: Consumer) -> None:
+    try:
+        consumer.close()
+    except Exception:  # noqa: BLE001 - the old client is being discarded
+        pass
 
 
 def _tps(partitions: list[TopicPartition]) -> str:

@@ -99,6 +99,7 @@ class Settings(BaseSettings):
     commit_interval_seconds: float = Field(default=1.0, gt=0)
     shutdown_timeout_seconds: float = Field(default=20.0, gt=0)
     lag_refresh_seconds: float = Field(default=5.0, gt=0)
+    rejoin_timeout_seconds: float = Field(default=90.0, gt=0)
 
     metrics_port: int = Field(default=8000, ge=0, le=65535)
     metrics_host: str = "0.0.0.0"
