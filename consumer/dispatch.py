@@ -1,76 +1,123 @@
 """Key-ordered concurrency: many keys at once, one record at a time per key, in offset order.
 
-The shape of Confluent's Parallel Consumer (key ordering): records of different keys run on up to
-``max_in_flight`` worker threads; records of one key wait in a FIFO and run one after another on
-the same thread, so per-key order holds whatever the latencies.
+The shape of Confluent's Parallel Consumer (key ordering): records of different keys run
+concurrently, up to ``max_in_flight`` at a time; records of one key wait in a FIFO and run one
+after another, so per-key order holds whatever the latencies.
+
+All pushes run as asyncio tasks on ONE event-loop thread: measured on a 2-core machine, 32
+concurrent requests cost about 1,000 µs of CPU each through an aiohttp transport against about
+2,700 µs through 32 threads sharing a synchronous ``httpx.Client`` (``bench/``), and throughput
+followed. The poll loop stays on its own thread and talks to this one with :meth:`submit`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Hashable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+log = logging.getLogger(__name__)
 
 
 class KeyedDispatcher(Generic[T]):
-    """Runs ``handler(task)`` for submitted tasks with per-key serial order.
+    """Runs ``await handler(task)`` for submitted tasks with per-key serial order.
 
     Args:
-        max_in_flight: worker threads, i.e. tasks running at once.
-        handler: runs one task; must not raise (exceptions are passed to ``on_error``).
+        max_in_flight: tasks running at once (a semaphore over all keys).
+        handler: a coroutine function running one task; it should not raise (exceptions are
+            passed to ``on_error``, and the key's next task still runs).
         on_error: called with ``(task, exception)`` if ``handler`` raised.
     """
 
-    def __init__(self, max_in_flight: int, handler: Callable[[T], None],
+    def __init__(self, max_in_flight: int, handler: Callable[[T], Awaitable[None]],
                  on_error: Callable[[T, BaseException], None]) -> None:
         self._handler = handler
         self._on_error = on_error
-        self._lock = threading.Lock()
+        self._max_in_flight = max_in_flight
         self._queues: dict[Hashable, deque[T]] = {}
-        self._executor = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="erp-push")
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.loop = asyncio.new_event_loop()
+        self._semaphore: asyncio.Semaphore | None = None
+        self._thread = threading.Thread(target=self._run_loop, name="erp-push-loop", daemon=True)
+        self._started = threading.Event()
         self.running = 0
 
-    def submit(self, key: Hashable, task: T) -> None:
-        """Queue ``task`` behind earlier tasks of ``key``; start it now if the key is idle."""
-        with self._lock:
-            queue = self._queues.get(key)
-            if queue is not None:
-                queue.append(task)
-                return
-            self._queues[key] = deque()
-        self._executor.submit(self._run, key, task)
+    def start(self) -> None:
+        """Start the event-loop thread."""
+        self._thread.start()
+        self._started.wait(10)
 
-    def _run(self, key: Hashable, task: T) -> None:
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self._semaphore = asyncio.Semaphore(self._max_in_flight)
+        self.loop.call_soon(self._started.set)
+        self.loop.run_forever()
+
+    def call(self, coro: Coroutine[Any, Any, R], timeout_s: float = 30.0) -> R:
+        """Run a coroutine on the loop thread and wait for its result (setup and teardown)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    def submit(self, key: Hashable, task: T) -> None:
+        """Queue ``task`` behind earlier tasks of ``key`` (thread-safe; returns at once)."""
+        self.loop.call_soon_threadsafe(self._enqueue, key, task)
+
+    def _enqueue(self, key: Hashable, task: T) -> None:
+        queue = self._queues.get(key)
+        if queue is not None:
+            queue.append(task)
+            return
+        self._queues[key] = deque()
+        chain = self.loop.create_task(self._run_chain(key, task))
+        self._tasks.add(chain)
+        chain.add_done_callback(self._tasks.discard)
+
+    async def _run_chain(self, key: Hashable, task: T) -> None:
+        assert self._semaphore is not None
         while True:
-            with self._lock:
+            async with self._semaphore:
                 self.running += 1
-            try:
-                self._handler(task)
-            except BaseException as exc:  # noqa: BLE001 - reported, never lost
                 try:
-                    self._on_error(task, exc)
-                except BaseException:  # noqa: BLE001 - the key must not be stranded
-                    logging.getLogger(__name__).exception("error handler failed")
-            finally:
-                with self._lock:
+                    await self._handler(task)
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - reported, never lost
+                    try:
+                        self._on_error(task, exc)
+                    except BaseException:  # noqa: BLE001 - the key must not be stranded
+                        log.exception("error handler failed")
+                finally:
                     self.running -= 1
-            with self._lock:
-                queue = self._queues[key]
-                if not queue:
-                    del self._queues[key]
-                    return
-                task = queue.popleft()
+            queue = self._queues[key]
+            if not queue:
+                del self._queues[key]
+                return
+            task = queue.popleft()
 
     @property
     def busy_keys(self) -> int:
         """Keys with a task running or queued."""
         return len(self._queues)
 
-    def shutdown(self, wait: bool) -> None:
-        """Stop the workers (queued tasks still run their handler, which should abandon them)."""
-        self._executor.shutdown(wait=wait, cancel_futures=False)
+    def shutdown(self, wait: bool, timeout_s: float = 5.0) -> None:
+        """Stop the loop; with ``wait``, first let running tasks finish (up to ``timeout_s``)."""
+        if not self._thread.is_alive():
+            return
+
+        async def drain() -> None:
+            if wait and self._tasks:
+                await asyncio.wait(list(self._tasks), timeout=timeout_s)
+            for pending in list(self._tasks):
+                pending.cancel()
+
+        try:
+            self.call(drain(), timeout_s + 1.0)
+        except Exception:  # noqa: BLE001 - best effort at shutdown
+            pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout_s)

@@ -7,10 +7,15 @@
   ``X-Erp-Sync-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>``.
 * TLS is verified by default; ``ERP_SYNC_ERP_CA_BUNDLE`` adds a CA bundle and
   ``ERP_SYNC_ERP_CLIENT_CERT``/``…_KEY`` a client certificate (mTLS).
-* One ``httpx.Client`` is shared by all worker threads. A request that fails on a pooled
-  connection the ERP already closed (``RemoteProtocolError``, ``ReadError``, ``WriteError``) is
-  re-sent once at once on a fresh connection; keep-alive connections idle for more than
-  ``KEEPALIVE_EXPIRY_S`` are dropped before the ERP's idle timeout can race us.
+* The consumer pushes with :meth:`ErpClient.post_async`: one ``httpx.AsyncClient`` over the
+  aiohttp-backed transport of ``httpx-aiohttp``, on the push event loop. Chosen by measurement
+  (``bench/``, 2 cores, 32 in flight, ERP latency 0): about 830 requests/s at 950 µs CPU each,
+  against 280/s at 2,650 µs for 32 threads sharing a sync ``httpx.Client`` and 86/s for
+  ``httpx.AsyncClient`` on its default transport. The tools (``replay``, ``dlq replay``) use the
+  synchronous :meth:`ErpClient.post`.
+* A request that fails on a pooled connection the ERP already closed is re-sent once at once on a
+  fresh connection; keep-alive connections idle for more than ``KEEPALIVE_EXPIRY_S`` are dropped
+  before the ERP's idle timeout can race us.
 """
 
 from __future__ import annotations
@@ -34,6 +39,15 @@ KEEPALIVE_EXPIRY_S = 4.0
 """Idle pooled connections are closed after this many seconds (below common 5 s server timeouts)."""
 
 _STALE_CONNECTION_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
+def _stale_connection(exc: BaseException) -> bool:
+    """True when a request failed because the ERP had closed the pooled connection we used."""
+    import aiohttp
+
+    cause = exc.__cause__
+    return isinstance(exc, _STALE_CONNECTION_ERRORS) or isinstance(
+        cause, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError)
 
 
 def sign(secret: bytes, timestamp: int, body: bytes) -> str:
@@ -97,14 +111,55 @@ class ErpClient:
         if not settings.erp_tls_verify:
             log.warning("ERP_SYNC_ERP_TLS_VERIFY=false: the ERP's certificate is NOT verified",
                         extra={"event": "tls_verify_off"})
-        self._client = httpx.Client(
-            headers=headers,
-            timeout=httpx.Timeout(settings.erp_timeout_seconds),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
-                                keepalive_expiry=KEEPALIVE_EXPIRY_S),
-            verify=_tls(settings),
-            follow_redirects=False,
-        )
+        self._headers = headers
+        self._timeout = httpx.Timeout(settings.erp_timeout_seconds)
+        self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
+                                    keepalive_expiry=KEEPALIVE_EXPIRY_S)
+        self._verify = _tls(settings)
+        self._client = httpx.Client(headers=headers, timeout=self._timeout, limits=self._limits,
+                                     verify=self._verify, follow_redirects=False)
+        self._async: httpx.AsyncClient | None = None
+
+    def _request_headers(self, body: bytes, idempotency_key: str) -> dict[str, str]:
+        headers = {"Idempotency-Key": idempotency_key}
+        if self._hmac_secret is not None:
+            headers[self._signature_header] = sign(self._hmac_secret, int(time.time()), body)
+        return headers
+
+    def _verdict(self, response: httpx.Response) -> Verdict:
+        return verdict(response.status_code, response.headers, response.content,
+                       retry_codes=self.retry_codes, duplicate_codes=self.duplicate_codes)
+
+    async def post_async(self, body: bytes, idempotency_key: str) -> Verdict:
+        """Like :meth:`post`, on the push event loop, over an aiohttp-backed httpx transport.
+
+        The first call must happen on the loop that makes every later call (aiohttp's session
+        belongs to one event loop).
+        """
+        if self._async is None:
+            from httpx_aiohttp import AiohttpTransport
+
+            self._async = httpx.AsyncClient(
+                transport=AiohttpTransport(verify=self._verify, limits=self._limits, trust_env=False),
+                headers=self._headers, timeout=self._timeout, follow_redirects=False)
+        headers = self._request_headers(body, idempotency_key)
+        for attempt in (1, 2):
+            try:
+                response = await self._async.post(self.url, content=body, headers=headers)
+                await response.aread()
+            except httpx.HTTPError as exc:
+                if attempt == 1 and _stale_connection(exc):
+                    continue  # the ERP closed a pooled keep-alive connection: once more, fresh
+                return transport_verdict(exc)
+            except Exception as exc:  # aiohttp/ssl oddities must never escape a push
+                return transport_verdict(exc)
+            return self._verdict(response)
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        """Close the async connection pool (on the push event loop)."""
+        if self._async is not None:
+            await self._async.aclose()
 
     def post(self, body: bytes, idempotency_key: str) -> Verdict:
         """Send one push (one attempt, plus one immediate re-send on a stale pooled connection).
@@ -116,9 +171,7 @@ class ErpClient:
         Returns:
             The verdict; transport failures are *retry* verdicts named after the error.
         """
-        headers = {"Idempotency-Key": idempotency_key}
-        if self._hmac_secret is not None:
-            headers[self._signature_header] = sign(self._hmac_secret, int(time.time()), body)
+        headers = self._request_headers(body, idempotency_key)
         for attempt in (1, 2):
             try:
                 response = self._client.post(self.url, content=body, headers=headers)
@@ -130,8 +183,7 @@ class ErpClient:
                 return transport_verdict(exc)
             except Exception as exc:  # h11/ssl oddities must never escape a worker
                 return transport_verdict(exc)
-            return verdict(response.status_code, response.headers, response.content,
-                           retry_codes=self.retry_codes, duplicate_codes=self.duplicate_codes)
+            return self._verdict(response)
         raise AssertionError("unreachable")
 
     def close(self) -> None:

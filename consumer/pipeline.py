@@ -5,7 +5,8 @@ worker threads, key-ordered by :mod:`.dispatch`) â†’ verdict (:mod:`.verdict`) â
 (:mod:`.offsets`), with dead letters (:mod:`.dead_letters`) for what can never be delivered.
 
 Threads: the poll loop owns the Kafka consumer, the offset tracker and the dead-letter producer;
-worker threads only talk HTTP and report back through a queue. Offsets are committed from one
+the pushes run as coroutines on one event-loop thread (:mod:`.dispatch`), only talk HTTP and report
+back through a queue. Offsets are committed from one
 place (:meth:`Pipeline._commit`): periodically, on revoke and at shutdown, and never past an
 unfinished record.
 """
@@ -162,6 +163,7 @@ class Pipeline:
         if retention is not None:
             self.metrics.retention.labels(s.topic).set(retention)
         self.watermarks.start()
+        self.dispatcher.start()
         self._subscribe()
         log.info("consuming %s as group %s; ERP %s; dead letters to %s", s.topic, s.group_id,
                  _redact(s.erp_url), s.dead_letter_topic, extra={"event": "started"})
@@ -255,7 +257,11 @@ class Pipeline:
             self.consumer.close()  # leaves the group
         except Exception as exc:  # noqa: BLE001
             log.warning("consumer close failed: %s", exc)
-        self.dispatcher.shutdown(wait=abandoned == 0)
+        try:
+            self.dispatcher.call(self.erp.aclose(), timeout_s=2.0)
+        except Exception:  # noqa: BLE001 - hung requests: the process exits anyway
+            pass
+        self.dispatcher.shutdown(wait=False, timeout_s=1.0)
         self.erp.close()
         self.dead_letters.close(1.0)
         self.watermarks.close()
@@ -349,18 +355,20 @@ class Pipeline:
     def _cancelled(self, task: PushTask) -> bool:
         return self._stop.is_set() or self._generation.get(task.tp, 0) != task.generation
 
-    def _push(self, task: PushTask) -> None:
-        """Worker thread: push one record until accepted or rejected, or abandon it."""
+    async def _push(self, task: PushTask) -> None:
+        """On the push event loop: push one record until accepted or rejected, or abandon it."""
         attempts = 0
         cancelled = lambda: self._cancelled(task)  # noqa: E731
         while True:
-            permit = self.backoff.acquire(cancelled)
-            if permit is None or (self.rate is not None and not self.rate.acquire(cancelled)):
+            permit = await self.backoff.acquire_async(cancelled)
+            if permit is None or (self.rate is not None and not await self.rate.acquire_async(cancelled)):
+                if permit is not None:
+                    self.backoff.release(permit)
                 self._results.put(PushResult(task, None, attempts))
                 return
             attempts += 1
             started = time.monotonic()
-            result = self.erp.post(task.body, task.idempotency_key)
+            result = await self.erp.post_async(task.body, task.idempotency_key)
             self.metrics.erp_request(result.outcome.value, result.code, time.monotonic() - started)
             if result.outcome is not Outcome.RETRY:
                 self.backoff.success(permit)

@@ -10,6 +10,7 @@ request per backoff period, not one per in-flight record. Delays grow exponentia
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -52,8 +53,18 @@ class SharedBackoff:
         self._not_before = 0.0
         self._probing = False
 
+    def _try_acquire(self) -> Permit | float:
+        """A permit, or how long to wait (seconds) before asking again. Holds the lock."""
+        if self.failures == 0:
+            return Permit(self.epoch, False)
+        now = self._clock()
+        if now >= self._not_before and not self._probing:
+            self._probing = True
+            return Permit(self.epoch, True)
+        return self._not_before - now if now < self._not_before else float("inf")
+
     def acquire(self, should_stop: Callable[[], bool], poll_s: float = 0.1) -> Permit | None:
-        """Block until a request may be sent.
+        """Block until a request may be sent (threads).
 
         Args:
             should_stop: checked at least every ``poll_s`` seconds; when it returns True the wait
@@ -67,14 +78,28 @@ class SharedBackoff:
             while True:
                 if should_stop():
                     return None
-                if self.failures == 0:
-                    return Permit(self.epoch, False)
-                now = self._clock()
-                if now >= self._not_before and not self._probing:
-                    self._probing = True
-                    return Permit(self.epoch, True)
-                wait = self._not_before - now if now < self._not_before else poll_s
-                self._cond.wait(min(max(wait, 0.001), poll_s))
+                got = self._try_acquire()
+                if isinstance(got, Permit):
+                    return got
+                self._cond.wait(min(max(got, 0.001), poll_s))
+
+    async def acquire_async(self, should_stop: Callable[[], bool], poll_s: float = 0.05) -> Permit | None:
+        """Like :meth:`acquire`, for coroutines on the push event loop (sleeps, never blocks)."""
+        while True:
+            with self._cond:
+                if should_stop():
+                    return None
+                got = self._try_acquire()
+            if isinstance(got, Permit):
+                return got
+            await asyncio.sleep(min(max(got, 0.001), poll_s))
+
+    def release(self, permit: Permit) -> None:
+        """Give a permit back unused (the push was abandoned before sending)."""
+        if permit.probe:
+            with self._cond:
+                self._probing = False
+                self._cond.notify_all()
 
     def success(self, permit: Permit) -> None:
         """The ERP answered (accepted or reject): it is healthy; everyone may send again."""
@@ -135,17 +160,33 @@ class RateLimiter:
         self._last = clock()
         self._lock = threading.Lock()
 
+    def _try_take(self) -> float:
+        """Take a token and return 0, or return the seconds until one is available."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return 0.0
+            return (1 - self._tokens) / self.rate
+
     def acquire(self, should_stop: Callable[[], bool]) -> bool:
         """Take one token, waiting as needed. Returns False if ``should_stop()`` became True."""
         while True:
-            with self._lock:
-                now = self._clock()
-                self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
-                self._last = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
-                    return True
-                wait = (1 - self._tokens) / self.rate
+            wait = self._try_take()
+            if wait == 0.0:
+                return True
             if should_stop():
                 return False
             time.sleep(min(wait, 0.1))
+
+    async def acquire_async(self, should_stop: Callable[[], bool]) -> bool:
+        """Like :meth:`acquire`, for coroutines."""
+        while True:
+            wait = self._try_take()
+            if wait == 0.0:
+                return True
+            if should_stop():
+                return False
+            await asyncio.sleep(min(wait, 0.1))

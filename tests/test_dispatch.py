@@ -1,7 +1,11 @@
-"""KeyedDispatcher (consumer/dispatch.py): per-key order, bounded concurrency, errors reported."""
+"""KeyedDispatcher (consumer/dispatch.py): per-key order, bounded concurrency, errors reported.
+
+Handlers are coroutines on the dispatcher's event-loop thread; blocking waits go through
+``asyncio.to_thread`` so the loop keeps running."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -28,7 +32,7 @@ class Recorder:
         self.done = threading.Event()
         self.expected = 0
 
-    def __call__(self, task: tuple[str, int]) -> None:
+    async def __call__(self, task: tuple[str, int]) -> None:
         key, seq = task
         with self.lock:
             if key in self.active_keys:
@@ -37,7 +41,7 @@ class Recorder:
             self.running += 1
             self.max_running = max(self.max_running, self.running)
             delay = self.rng.uniform(0, self.max_sleep_s)
-        time.sleep(delay)
+        await asyncio.sleep(delay)
         with self.lock:
             self.order[key].append(seq)
             self.active_keys.discard(key)
@@ -65,6 +69,7 @@ def test_per_key_order_and_no_overlap(seed: int) -> None:
         next_seq[k] += 1
     rec.expected = len(ordered)
     d: KeyedDispatcher[tuple[str, int]] = KeyedDispatcher(8, rec, no_error)
+    d.start()
     try:
         for task in ordered:
             d.submit(task[0], task)
@@ -83,12 +88,12 @@ def test_concurrency_bounded_and_reached() -> None:
     barrier_hold = threading.Event()
     peak = {"running": 0}
 
-    def handler(task: tuple[str, int]) -> None:
+    async def handler(task: tuple[str, int]) -> None:
         with rec.lock:
             rec.running += 1
             peak["running"] = max(peak["running"], rec.running)
-        barrier_hold.wait(timeout=5)
-        time.sleep(0.002)
+        await asyncio.to_thread(barrier_hold.wait, 5)
+        await asyncio.sleep(0.002)
         with rec.lock:
             rec.running -= 1
             rec.total += 1
@@ -97,6 +102,7 @@ def test_concurrency_bounded_and_reached() -> None:
 
     rec.expected = 200
     d: KeyedDispatcher[tuple[str, int]] = KeyedDispatcher(4, handler, no_error)
+    d.start()
     try:
         for i in range(200):
             d.submit(f"k{i % 50}", (f"k{i % 50}", i))
@@ -121,6 +127,7 @@ def test_single_key_runs_serially() -> None:
     rec = Recorder(seed=5)
     rec.expected = 50
     d: KeyedDispatcher[tuple[str, int]] = KeyedDispatcher(16, rec, no_error)
+    d.start()
     try:
         for i in range(50):
             d.submit("only", ("only", i))
@@ -138,10 +145,10 @@ def test_handler_exception_goes_to_on_error_and_key_continues() -> None:
     started = threading.Event()
     finished = threading.Event()
 
-    def handler(task: int) -> None:
+    async def handler(task: int) -> None:
         if task == 0:
             started.set()
-            gate.wait(timeout=5)  # keep the key busy so 1..4 queue behind 0
+            await asyncio.to_thread(gate.wait, 5)  # keep the key busy so 1..4 queue behind 0
         seen.append(task)
         if task in (1, 3):
             raise ValueError(f"boom {task}")
@@ -152,6 +159,8 @@ def test_handler_exception_goes_to_on_error_and_key_continues() -> None:
         errors.append((task, str(exc)))
 
     d: KeyedDispatcher[int] = KeyedDispatcher(2, handler, on_error)
+
+    d.start()
     try:
         for t in range(5):
             d.submit("k", t)
@@ -172,12 +181,14 @@ def test_base_exception_is_reported_too() -> None:
     errors: list[tuple[int, type[BaseException]]] = []
     done = threading.Event()
 
-    def handler(task: int) -> None:
+    async def handler(task: int) -> None:
         if task == 0:
             raise KeyboardInterrupt
         done.set()
 
     d: KeyedDispatcher[int] = KeyedDispatcher(1, handler, lambda t, e: errors.append((t, type(e))))
+
+    d.start()
     try:
         d.submit("k", 0)
         d.submit("k", 1)

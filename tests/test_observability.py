@@ -183,7 +183,7 @@ def test_real_prometheus_scrapes_lag_and_error_codes(running: dict[str, Any]) ->
                 lag = query(f'erp_sync_consumer_lag{{topic="{running["topic"]}"}}')
                 codes = query('erp_sync_erp_requests_total{job="apaas-erp-sync"}')
                 up = query('up{job="apaas-erp-sync"}')
-            except httpx.HTTPError:
+            except (httpx.HTTPError, ValueError):  # starting: refused, or a plain-text 503
                 time.sleep(0.5)
                 continue
             if len(lag) == 2 and codes and up and up[0]["value"][1] == "1":
