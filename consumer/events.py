@@ -22,8 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
-from fastavro import _read_py
-from fastavro.io.binary_decoder import BinaryDecoder
 from fastavro.types import Schema
 
 from .errors import DecodeError
@@ -137,53 +135,161 @@ def decode(
         )
     if not isinstance(event, dict):
         raise DecodeError("InvalidAvro", "decoded value is not a record")
-    _check_indexes(value, 5 if reader is not None else 0, writer, reader, event)
+    if reader is not None:
+        _check_indexes(value, 5, _writer_walker(writer))
+    elif event.get("status") == "APPROVED":
+        _check_indexes(value, 0, _V1_WALKER)  # about to be pushed: every enum and union index
+    elif _status_index(value) < 0:  # skipped: only the status decides; a corrupt one must not hide
+        raise DecodeError("InvalidAvro", "not a v1 WorkflowCompleted record: negative status index")
     return event
 
 
-class _StrictDecoder(BinaryDecoder):
-    """fastavro's pure-Python decoder, refusing negative enum and union indexes."""
-
-    def read_enum(self) -> int:
-        index: int = self.read_long()
-        if index < 0:
-            raise ValueError(f"negative enum index {index}")
-        return index
-
-    def read_index(self) -> int:
-        index: int = self.read_long()
-        if index < 0:
-            raise ValueError(f"negative union index {index}")
-        return index
+def _status_index(value: bytes) -> int:
+    """The raw enum index of ``status`` in a bare v1 record (after event_id and three longs)."""
+    pos = _skip_bytes(value, 0)
+    for _ in range(3):  # event_time, flow_code, instance_id
+        pos = _varint(value, pos)[1]
+    return _varint(value, pos)[0]
 
 
-def _check_indexes(value: bytes, start: int, writer: Schema, reader: Schema | None, event: Event) -> None:
-    """Refuse enum/union indexes that fastavro's fast reader silently wraps around.
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    """Read one zig-zag varint at ``pos``; return ``(value, next position)``."""
+    shift = raw = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        raw |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return (raw >> 1) ^ -(raw & 1), pos
+        shift += 7
+
+
+Walker = Callable[[bytes, int], int]
+"""Walks one Avro value at a position and returns the position after it."""
+
+
+def _compile_walker(schema: Any, named: dict[str, Any], namespace: str = "") -> Walker:
+    """Compile an Avro schema (JSON form, or fastavro-parsed) into a walker over a value's bytes.
+
+    The walker raises ``ValueError`` on an enum or union index outside the schema (fastavro's
+    reader wraps negative ones around) or a negative length. It builds nothing, so it costs a
+    fraction of a decode.
+    """
+    if isinstance(schema, list):
+        branches: list[Walker] = []
+        walk_branches = [(_compile_walker(b, named, namespace)) for b in schema]
+        branches.extend(walk_branches)
+
+        def union(data: bytes, pos: int) -> int:
+            index, pos = _varint(data, pos)
+            if not 0 <= index < len(branches):
+                raise ValueError(f"union index {index} outside [0, {len(branches)})")
+            return branches[index](data, pos)
+        return union
+    if isinstance(schema, str):
+        if schema in _PRIMITIVE_WALKERS:
+            return _PRIMITIVE_WALKERS[schema]
+        full = schema if "." in schema or not namespace else f"{namespace}.{schema}"
+        target = named.get(full) or named[schema]
+        return lambda data, pos: target[0](data, pos)
+    kind = schema["type"]
+    if kind in _PRIMITIVE_WALKERS:
+        return _PRIMITIVE_WALKERS[kind]
+    if kind in ("record", "error", "enum", "fixed"):
+        ns = schema.get("namespace", namespace)
+        name = schema["name"] if "." in schema["name"] or not ns else f"{ns}.{schema['name']}"
+        slot: list[Walker] = []
+        named[name] = named[schema["name"]] = slot  # before the fields: recursive types
+        if kind == "enum":
+            size = len(schema["symbols"])
+
+            def enum(data: bytes, pos: int) -> int:
+                index, pos = _varint(data, pos)
+                if not 0 <= index < size:
+                    raise ValueError(f"enum index {index} outside [0, {size})")
+                return pos
+            slot.append(enum)
+        elif kind == "fixed":
+            length = int(schema["size"])
+            slot.append(lambda data, pos: pos + length)
+        else:
+            fields = [_compile_walker(f["type"], named, ns) for f in schema["fields"]]
+
+            def record(data: bytes, pos: int) -> int:
+                for field in fields:
+                    pos = field(data, pos)
+                return pos
+            slot.append(record)
+        return slot[0]
+    if kind in ("array", "map"):
+        item = _compile_walker(schema["items" if kind == "array" else "values"], named, namespace)
+        is_map = kind == "map"
+
+        def blocks(data: bytes, pos: int) -> int:
+            while True:
+                count, pos = _varint(data, pos)
+                if count == 0:
+                    return pos
+                if count < 0:
+                    count = -count
+                    _, pos = _varint(data, pos)  # block size in bytes
+                for _ in range(count):
+                    if is_map:
+                        pos = _skip_bytes(data, pos)
+                    pos = item(data, pos)
+        return blocks
+    raise ValueError(f"unsupported schema type {kind!r}")
+
+
+def _skip_bytes(data: bytes, pos: int) -> int:
+    length, pos = _varint(data, pos)
+    if length < 0:
+        raise ValueError(f"negative length {length}")
+    return pos + length
+
+
+_PRIMITIVE_WALKERS: dict[str, Walker] = {
+    "null": lambda data, pos: pos,
+    "boolean": lambda data, pos: pos + 1,
+    "int": lambda data, pos: _varint(data, pos)[1],
+    "long": lambda data, pos: _varint(data, pos)[1],
+    "float": lambda data, pos: pos + 4,
+    "double": lambda data, pos: pos + 8,
+    "bytes": _skip_bytes,
+    "string": _skip_bytes,
+}
+_V1_WALKER = _compile_walker(_strip_logical_types(SCHEMA_JSON), {})
+
+
+_WALKERS: dict[int, tuple[Any, Walker]] = {}
+
+
+def _writer_walker(writer: Schema) -> Walker:
+    """The compiled walker of a registry writer schema (cached; the lookup caches schemas)."""
+    cached = _WALKERS.get(id(writer))
+    if cached is None or cached[0] is not writer:
+        cached = (writer, _compile_walker(writer, {}))
+        _WALKERS[id(writer)] = cached
+    return cached[1]
+
+
+def _check_indexes(value: bytes, start: int, walker: Walker | None) -> None:
+    """Refuse enum/union indexes that fastavro's reader silently wraps around.
 
     fastavro 1.x indexes ``symbols[i]`` with a negative ``i`` from corrupt bytes, so a corrupt
-    REJECTED record can read as APPROVED. Re-encoding must give the same bytes; when it does not
-    (a corrupt index, or merely a non-canonical encoding such as split array blocks), a strict
-    pure-Python decode decides.
+    REJECTED record would read as APPROVED. A compiled walk over the bytes checks every index.
 
     Raises:
-        DecodeError: ``InvalidAvro`` when an index is negative.
+        DecodeError: ``InvalidAvro``.
     """
-    if reader is None:
-        out = io.BytesIO()
-        try:
-            fastavro.schemaless_writer(out, writer, event)
-        except Exception:  # noqa: BLE001 - cannot re-encode: let the strict decode decide
-            pass
-        else:
-            if out.getvalue() == value[start:]:
-                return
-    named = _read_py._default_named_schemas()
+    if walker is None:
+        return
     try:
-        strict_writer = _read_py.parse_schema(writer, named["writer"])
-        strict_reader = _read_py.parse_schema(reader, named["reader"]) if reader is not None else None
-        _read_py.read_data(_StrictDecoder(io.BytesIO(value[start:])), strict_writer, named, strict_reader, {})
-    except Exception as exc:  # noqa: BLE001 - any failure here means the bytes are corrupt
+        end = walker(value, start)
+    except (ValueError, IndexError, KeyError) as exc:
         raise DecodeError("InvalidAvro", f"not a v1 WorkflowCompleted record: {exc}") from exc
+    if end != len(value):
+        raise DecodeError("InvalidAvro", "not a v1 WorkflowCompleted record: record length mismatch")
 
 
 def registry_lookup(url: str, extra_config: Mapping[str, str] | None = None) -> WriterSchemaLookup:
