@@ -1,0 +1,335 @@
+"""The raw HTTP ceiling: the consumer's bodies posted to the ERP stub without Kafka, per transport.
+
+Transports (``--transport``):
+
+* ``erp-client-async``: exactly how ``erp-sync run`` pushes — one asyncio event loop, one
+  :class:`consumer.erp.ErpClient` (settings from :func:`consumer.settings.load_settings` with
+  ``ERP_SYNC_ERP_URL`` = the stub, ``max_connections`` = ``--concurrency``), every request a task
+  doing ``await client.post_async(body, key)`` under an ``asyncio.Semaphore(--concurrency)``, as
+  :class:`consumer.dispatch.KeyedDispatcher` does (``httpx.AsyncClient`` over
+  ``httpx_aiohttp.AiohttpTransport``, the same limits, headers and verdict parsing). This is the
+  ceiling ``erp-sync run`` is compared with.
+* ``erp-client-threads``: the previous design — ``--concurrency`` threads sharing one
+  :class:`consumer.erp.ErpClient` through its synchronous :meth:`~consumer.erp.ErpClient.post`
+  (one ``httpx.Client``); the tools still use this path.
+* ``httpx-threads``: the same thread pool over a bare ``httpx.Client`` (no verdict parsing).
+* ``httpx-thread-local``: the same thread pool, but one ``httpx.Client`` (pool of one connection)
+  per thread: no shared connection pool, so none of httpcore's pool lock and per-request scan of
+  every pooled connection.
+* ``httpx-async``: ``httpx.AsyncClient``, ``--concurrency`` asyncio tasks.
+* ``httpx-aiohttp``: ``httpx.AsyncClient`` over the aiohttp transport of the ``httpx-aiohttp``
+  package (skipped when it is not installed).
+* ``aiohttp``: a raw ``aiohttp.ClientSession``, ``--concurrency`` tasks.
+
+Each worker posts bodies round-robin until ``--seconds`` have passed (after ``--warmup`` seconds
+that are not counted). Prints one JSON line: requests/s, client CPU µs per request (this process,
+all threads), errors.
+
+    python bench/http_ceiling.py --url http://127.0.0.1:8080/erp/push --transport erp-client-async \
+        --concurrency 32 --seconds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from consumer import erp, events, samples, transform  # noqa: E402
+from consumer.settings import load_settings  # noqa: E402
+from consumer.verdict import Outcome  # noqa: E402
+
+TRANSPORTS = ("erp-client-async", "erp-client-threads", "httpx-threads", "httpx-thread-local", "httpx-async",
+              "httpx-aiohttp", "aiohttp")
+CEILING_TRANSPORT = "erp-client-async"
+"""The transport of "fraction of the HTTP ceiling": the consumer's own client and concurrency."""
+DESCRIPTIONS = {
+    "erp-client-async": "the consumer's way: one event loop, one ErpClient, await post_async under a Semaphore "
+                        "(httpx.AsyncClient over httpx-aiohttp)",
+    "erp-client-threads": "previous design: threads sharing one ErpClient, sync post (one httpx.Client)",
+    "httpx-threads": "threads sharing a bare httpx.Client",
+    "httpx-thread-local": "threads, one httpx.Client each",
+    "httpx-async": "httpx.AsyncClient, default transport",
+    "httpx-aiohttp": "bare httpx.AsyncClient over httpx-aiohttp",
+    "aiohttp": "raw aiohttp.ClientSession",
+}
+HEADERS = {"Content-Type": "application/json; charset=utf-8", "Accept": "application/json"}
+
+
+def make_bodies(count: int, seed: int = 1) -> list[tuple[bytes, str]]:
+    """The ERP bodies and Idempotency-Keys of the approved events among ``count`` generated ones."""
+    out = []
+    for event in samples.generate_events(count, seed=seed, approved_ratio=0.5, distinct_instances=10_000,
+                                         target_bytes=300):
+        decoded = events.decode(events.encode(event))
+        if transform.is_pushed(decoded):
+            out.append(transform.erp_request(decoded))
+    return out
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ok = 0
+        self.errors = 0
+        self.all = 0  # warm-up and tail included (for CPU per request)
+        self.counting = False
+
+    def add(self, ok: bool) -> None:
+        with self.lock:
+            self.all += 1
+            if not self.counting:
+                return
+            if ok:
+                self.ok += 1
+            else:
+                self.errors += 1
+
+
+def _run_threads(post: Callable[[bytes, str], bool], bodies: list[tuple[bytes, str]], concurrency: int,
+                 warmup_s: float, seconds: float, counter: _Counter) -> float:
+    stop = threading.Event()
+    source = itertools.cycle(bodies)
+    source_lock = threading.Lock()
+
+    def worker() -> None:
+        while not stop.is_set():
+            with source_lock:
+                body, key = next(source)
+            counter.add(post(body, key))
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    time.sleep(warmup_s)
+    counter.counting = True
+    started = time.perf_counter()
+    time.sleep(seconds)
+    counter.counting = False
+    elapsed = time.perf_counter() - started
+    stop.set()
+    for t in threads:
+        t.join(30)
+    return elapsed
+
+
+async def _run_tasks(post: Callable[[bytes, str], Any], bodies: list[tuple[bytes, str]], concurrency: int,
+                     warmup_s: float, seconds: float, counter: _Counter) -> float:
+    stop = asyncio.Event()
+    source = itertools.cycle(bodies)
+
+    async def worker() -> None:
+        while not stop.is_set():
+            body, key = next(source)
+            counter.add(await post(body, key))
+
+    tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
+    await asyncio.sleep(warmup_s)
+    counter.counting = True
+    started = time.perf_counter()
+    await asyncio.sleep(seconds)
+    counter.counting = False
+    elapsed = time.perf_counter() - started
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return elapsed
+
+
+async def _run_erp_client_async(client: erp.ErpClient, bodies: list[tuple[bytes, str]], concurrency: int,
+                                warmup_s: float, seconds: float, counter: _Counter) -> float:
+    """The consumer's push path: a task per request, ``await client.post_async`` under a semaphore.
+
+    Like :class:`consumer.dispatch.KeyedDispatcher`: one event loop, ``asyncio.Semaphore(concurrency)``
+    around each push, one task created per push (the dispatcher creates one per key chain). A
+    feeder keeps ``2 x concurrency`` tasks alive, so the semaphore always has waiters, as it has
+    in the consumer with thousands of buffered records.
+    """
+    semaphore = asyncio.Semaphore(concurrency)
+    room = asyncio.Semaphore(2 * concurrency)
+    stop = asyncio.Event()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def push(body: bytes, key: str) -> None:
+        try:
+            async with semaphore:
+                result = await client.post_async(body, key)
+            counter.add(result.outcome is Outcome.ACCEPTED)
+        finally:
+            room.release()
+
+    async def feed() -> None:
+        for body, key in itertools.cycle(bodies):
+            await room.acquire()
+            if stop.is_set():
+                room.release()
+                return
+            task = asyncio.create_task(push(body, key))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    feeder = asyncio.create_task(feed())
+    await asyncio.sleep(warmup_s)
+    counter.counting = True
+    started = time.perf_counter()
+    await asyncio.sleep(seconds)
+    counter.counting = False
+    elapsed = time.perf_counter() - started
+    stop.set()
+    await feeder
+    if tasks:
+        await asyncio.wait(list(tasks), timeout=30)
+    await client.aclose()
+    return elapsed
+
+
+def _limits(concurrency: int) -> httpx.Limits:
+    # the same limits as consumer/erp.py
+    return httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency,
+                        keepalive_expiry=erp.KEEPALIVE_EXPIRY_S)
+
+
+def measure(url: str, transport: str, concurrency: int, seconds: float, warmup_s: float = 0.5,
+            bodies: list[tuple[bytes, str]] | None = None) -> dict[str, Any]:
+    """Post for ``seconds`` with one transport; return requests/s and client CPU per request."""
+    bodies = bodies or make_bodies(10_000)
+    counter = _Counter()
+    cpu0 = time.process_time()
+    if transport == "erp-client-async":
+        settings = load_settings({"ERP_SYNC_ERP_URL": url, "ERP_SYNC_MAX_IN_FLIGHT": str(concurrency)})
+        async_client = erp.ErpClient(settings, max_connections=concurrency)
+        cpu0 = time.process_time()
+        elapsed = asyncio.run(_run_erp_client_async(async_client, bodies, concurrency, warmup_s, seconds, counter))
+        async_client.close()
+    elif transport == "erp-client-threads":
+        settings = load_settings({"ERP_SYNC_ERP_URL": url, "ERP_SYNC_MAX_IN_FLIGHT": str(concurrency)})
+        client = erp.ErpClient(settings, max_connections=concurrency)
+
+        def post_erp(body: bytes, key: str) -> bool:
+            return client.post(body, key).outcome is Outcome.ACCEPTED
+
+        cpu0 = time.process_time()
+        elapsed = _run_threads(post_erp, bodies, concurrency, warmup_s, seconds, counter)
+        client.close()
+    elif transport == "httpx-threads":
+        http = httpx.Client(headers=HEADERS, timeout=10.0, limits=_limits(concurrency))
+
+        def post_httpx(body: bytes, key: str) -> bool:
+            try:
+                response = http.post(url, content=body, headers={"Idempotency-Key": key})
+                return response.status_code == 200 and bool(response.content)
+            except httpx.HTTPError:
+                return False
+
+        elapsed = _run_threads(post_httpx, bodies, concurrency, warmup_s, seconds, counter)
+        http.close()
+    elif transport == "httpx-thread-local":
+        local = threading.local()
+        clients: list[httpx.Client] = []
+
+        def post_local(body: bytes, key: str) -> bool:
+            client = getattr(local, "client", None)
+            if client is None:
+                client = local.client = httpx.Client(headers=HEADERS, timeout=10.0, limits=_limits(1))
+                clients.append(client)
+            try:
+                response = client.post(url, content=body, headers={"Idempotency-Key": key})
+                return response.status_code == 200 and bool(response.content)
+            except httpx.HTTPError:
+                return False
+
+        elapsed = _run_threads(post_local, bodies, concurrency, warmup_s, seconds, counter)
+        for local_client in clients:
+            local_client.close()
+    elif transport in ("httpx-async", "httpx-aiohttp"):
+        async def run_async() -> float:
+            kwargs: dict[str, Any] = {"headers": HEADERS, "timeout": 10.0, "limits": _limits(concurrency)}
+            if transport == "httpx-aiohttp":
+                from httpx_aiohttp import AiohttpTransport
+
+                kwargs["transport"] = AiohttpTransport(limits=_limits(concurrency))
+            async with httpx.AsyncClient(**kwargs) as http:
+                async def post_async(body: bytes, key: str) -> bool:
+                    try:
+                        response = await http.post(url, content=body, headers={"Idempotency-Key": key})
+                        return response.status_code == 200 and bool(response.content)
+                    except httpx.HTTPError:
+                        return False
+
+                return await _run_tasks(post_async, bodies, concurrency, warmup_s, seconds, counter)
+
+        elapsed = asyncio.run(run_async())
+    elif transport == "aiohttp":
+        import aiohttp
+
+        async def run_aiohttp() -> float:
+            connector = aiohttp.TCPConnector(limit=concurrency, keepalive_timeout=erp.KEEPALIVE_EXPIRY_S)
+            async with aiohttp.ClientSession(connector=connector, headers=HEADERS,
+                                             timeout=aiohttp.ClientTimeout(total=10)) as session:
+                async def post_aiohttp(body: bytes, key: str) -> bool:
+                    try:
+                        async with session.post(url, data=body, headers={"Idempotency-Key": key}) as response:
+                            content = await response.read()
+                            return response.status == 200 and bool(content)
+                    except aiohttp.ClientError:
+                        return False
+
+                return await _run_tasks(post_aiohttp, bodies, concurrency, warmup_s, seconds, counter)
+
+        elapsed = asyncio.run(run_aiohttp())
+    else:
+        raise SystemExit(f"unknown transport {transport!r}; known: {', '.join(TRANSPORTS)}")
+    cpu = time.process_time() - cpu0
+    return {
+        "transport": transport,
+        "concurrency": concurrency,
+        "seconds": round(elapsed, 3),
+        "requests": counter.ok,
+        "errors": counter.errors,
+        "requests_per_s": counter.ok / elapsed if elapsed else 0.0,
+        # CPU of the whole run (warm-up included) over every request sent in it
+        "client_cpu_us_per_request": cpu / max(1, counter.all) * 1e6,
+    }
+
+
+def available(transport: str) -> bool:
+    """True when the transport's library is installed."""
+    if transport in ("httpx-aiohttp", "erp-client-async"):
+        try:
+            import httpx_aiohttp  # noqa: F401
+        except ImportError:
+            return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", required=True, help="the stub's push URL")
+    parser.add_argument("--transport", choices=TRANSPORTS, default=CEILING_TRANSPORT)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=0.5)
+    parser.add_argument("--bodies", type=int, default=10_000, help="generate bodies from this many events")
+    args = parser.parse_args(argv)
+    if not available(args.transport):
+        print(json.dumps({"transport": args.transport, "concurrency": args.concurrency, "skipped": True,
+                          "reason": "not installed"}), flush=True)
+        return 0
+    result = measure(args.url, args.transport, args.concurrency, args.seconds, args.warmup,
+                     make_bodies(args.bodies))
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
