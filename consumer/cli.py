@@ -1,4 +1,4 @@
-"""The ``erp-sync`` command.
+"""erp-sync: deliver approved aPaaS workflow instances from Kafka to the ERP.
 
 ``run``            the consumer (``--exit-when-idle SECONDS`` to stop once caught up)
 ``erp-stub``       a local ERP for demos and tests

@@ -43,6 +43,7 @@ H_REQUEST_ID = "erp_sync.erp.request_id"
 
 RETRY_INITIAL_S = 1.0
 RETRY_MAX_S = 60.0
+FAILURE_LOG_EVERY_S = 30.0
 
 
 @dataclass(slots=True)
@@ -115,6 +116,7 @@ class DeadLetterWriter:
         self._waiting: set[int] = set()
         self._retry_heap: list[tuple[float, int, DeadLetter]] = []
         self._seq = itertools.count()
+        self._last_log: dict[str, tuple[float, int]] = {}
         self.pending = 0
 
     def send(self, msg: Message, error: RecordError, attempts: int,
@@ -153,8 +155,15 @@ class DeadLetterWriter:
         letter.failures += 1
         letter.last_error = reason
         delay = min(RETRY_MAX_S, RETRY_INITIAL_S * 2 ** min(letter.failures - 1, 10))
-        log.error("cannot write dead letter to %s (%s); source offset stays uncommitted; retry in %.0f s",
-                  self.topic, reason, delay, extra=_fields(letter, event="dead_letter_failed"))
+        now = time.monotonic()
+        last, suppressed = self._last_log.get(reason, (-1e18, 0))
+        if now - last >= FAILURE_LOG_EVERY_S:  # one line per cause per period, not one per letter
+            self._last_log[reason] = (now, 0)
+            log.error("cannot write dead letter to %s (%s); source offset stays uncommitted; retry in %.0f s "
+                      "(%d dead letters pending, %d similar failures not logged)", self.topic, reason, delay,
+                      self.pending, suppressed, extra=_fields(letter, event="dead_letter_failed"))
+        else:
+            self._last_log[reason] = (last, suppressed + 1)
         heapq.heappush(self._retry_heap, (time.monotonic() + delay, next(self._seq), letter))
 
     def poll(self) -> None:

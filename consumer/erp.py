@@ -95,6 +95,7 @@ class ErpClient:
         self.url = settings.erp_url
         self.retry_codes = settings.erp_retry_codes
         self.duplicate_codes = settings.erp_duplicate_codes
+        self.retry_statuses = settings.retry_http_statuses
         self._hmac_secret = settings.hmac_secret()
         self._signature_header = settings.erp_signature_header
         headers = {
@@ -128,7 +129,8 @@ class ErpClient:
 
     def _verdict(self, response: httpx.Response) -> Verdict:
         return verdict(response.status_code, response.headers, response.content,
-                       retry_codes=self.retry_codes, duplicate_codes=self.duplicate_codes)
+                       retry_codes=self.retry_codes, duplicate_codes=self.duplicate_codes,
+                       retry_statuses=self.retry_statuses)
 
     async def post_async(self, body: bytes, idempotency_key: str) -> Verdict:
         """Like :meth:`post`, on the push event loop, over an aiohttp-backed httpx transport.

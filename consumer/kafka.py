@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from confluent_kafka import IsolationLevel, TopicPartition
@@ -19,10 +20,14 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 
+_PRODUCER_ONLY = ("acks", "enable.idempotence", "linger", "message.timeout", "message.max.bytes", "client.id",
+                  "topic.metadata.propagation")
+
+
 def admin_client(settings: Settings) -> AdminClient:
-    """An AdminClient with the pass-through security settings."""
-    conf = {k: v for k, v in settings.producer_config().items()
-            if not k.startswith(("acks", "enable.idempotence", "linger", "message.timeout", "client.id"))}
+    """An AdminClient with the pass-through security settings, logging through ``logging``."""
+    conf: dict[str, Any] = {k: v for k, v in settings.producer_config().items() if not k.startswith(_PRODUCER_ONLY)}
+    conf["logger"] = logging.getLogger("librdkafka.admin")
     return AdminClient(conf)
 
 
@@ -38,7 +43,7 @@ def topic_retention_seconds(settings: Settings, topic: str, timeout_s: float = 5
         ms = int(entry.value)
         return -1.0 if ms < 0 else ms / 1000.0
     except Exception as exc:  # noqa: BLE001 - optional metric
-        log.warning("cannot read retention.ms of %s: %s", topic, exc, extra={"event": "retention_unknown"})
+        log.info("cannot read retention.ms of %s yet: %s", topic, exc, extra={"event": "retention_unknown"})
         return None
 
 
@@ -78,6 +83,9 @@ class WatermarkWatcher:
         self._stop = threading.Event()
         self.high: dict[tuple[str, int], int] = {}
         self.ok = False
+        self.retention_s: float | None = None
+        self._settings = settings
+        self._next_retention = 0.0
         self._thread = threading.Thread(target=self._loop, name="watermarks", daemon=True)
 
     def start(self) -> None:
@@ -112,6 +120,11 @@ class WatermarkWatcher:
     def _loop(self) -> None:
         while not self._stop.wait(self._interval_s):
             try:
+                if time.monotonic() >= self._next_retention:  # until known, then every 10 min
+                    value = topic_retention_seconds(self._settings, self._settings.topic)
+                    if value is not None:
+                        self.retention_s = value
+                    self._next_retention = time.monotonic() + (600.0 if value is not None else 30.0)
                 self.refresh()
             except Exception:  # noqa: BLE001 - a metrics thread must not die
                 log.exception("watermark refresh failed")

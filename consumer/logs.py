@@ -78,7 +78,7 @@ def setup(fmt: str = "auto", level: str = "INFO") -> None:
     root.setLevel(level)
     librdkafka = logging.getLogger("librdkafka")
     librdkafka.filters[:] = [ThrottleFilter()]
-    for child in ("consumer", "producer", "watermarks"):  # filters do not propagate to children
+    for child in ("consumer", "producer", "watermarks", "admin"):  # filters do not propagate to children
         logging.getLogger(f"librdkafka.{child}").filters[:] = [ThrottleFilter()]
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)

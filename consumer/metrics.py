@@ -83,7 +83,8 @@ class Metrics:
                                       buckets=DURATION_BUCKETS, registry=r)
         self.dead_letters = Counter("erp_sync_dead_letters", "Dead letters confirmed by the broker.",
                                     ["class", "code"], registry=r)
-        self.in_flight = Gauge("erp_sync_in_flight", "ERP pushes in flight (including their retries).", registry=r)
+        self.in_flight = Gauge("erp_sync_in_flight", "ERP pushes running now (sending, or waiting out a backoff).",
+                               registry=r)
         self.backoff = Gauge("erp_sync_retry_backoff_seconds",
                              "Current shared retry backoff in seconds (0 when the ERP is healthy).", registry=r)
         self.commits = Counter("erp_sync_commits", "Offset commits by result.", ["result"], registry=r)
@@ -158,6 +159,7 @@ class Health:
         self.max_poll_age_s = max_poll_age_s
         self.last_poll = time.monotonic()
         self.assigned = 0
+        self.joined = False
         self.broker_up = False
         self.started = False
         self.stopping = False
@@ -175,13 +177,19 @@ class Health:
         return True, f"ok: last poll {age:.1f} s ago"
 
     def readiness(self) -> tuple[bool, str]:
-        """Return ``(ok, reason)`` for /readyz: assigned partitions and a reachable broker."""
+        """Return ``(ok, reason)`` for /readyz: a reachable broker and a group membership.
+
+        A member with no partition (more replicas than partitions) is ready: failing it would stall
+        a rolling update whose surge pod gets nothing to do.
+        """
         if self.stopping:
             return False, "shutting down"
         if not self.broker_up:
             return False, f"broker not reachable: {self.reason}"
+        if not self.joined:
+            return False, "waiting for a partition assignment (joining the consumer group)"
         if self.assigned == 0:
-            return False, "no partitions assigned (group joining or more consumers than partitions)"
+            return True, "ok: member of the group, 0 partitions assigned (more consumers than partitions)"
         return True, f"ok: {self.assigned} partitions assigned"
 
 

@@ -31,8 +31,8 @@ from . import events, transform
 from .dead_letters import DeadLetter, DeadLetterWriter
 from .dispatch import KeyedDispatcher
 from .erp import ErpClient
-from .errors import ErpRejectError, RecordError, ValidationError
-from .kafka import WatermarkWatcher, topic_retention_seconds
+from .errors import ConfigError, ErpRejectError, RecordError, ValidationError
+from .kafka import WatermarkWatcher
 from .metrics import Health, Metrics
 from .offsets import OffsetTracker, PartitionOffsets
 from .retry import RateLimiter, SharedBackoff
@@ -112,6 +112,7 @@ class Pipeline:
         self._next_commit = 0.0
         self._shutdown_deadline: float | None = None
         self._last_backoff_log = -1e9
+        self._retention_s: float | None = None
         self._next_lag = 0.0
         self._last_error_log: dict[str, float] = {}
 
@@ -159,9 +160,6 @@ class Pipeline:
             0 after a clean stop; 1 after a fatal Kafka error.
         """
         s = self.settings
-        retention = topic_retention_seconds(s, s.topic)
-        if retention is not None:
-            self.metrics.retention.labels(s.topic).set(retention)
         self.watermarks.start()
         self.dispatcher.start()
         self._subscribe()
@@ -307,7 +305,6 @@ class Pipeline:
         ordering_key = msg.key() or str(event["instance_id"]).encode()
         task = PushTask(tp, offset, self._generation.get(tp, 0), offsets, msg, body, key, event["instance_id"])
         self._outstanding[tp] = self._outstanding.get(tp, 0) + 1
-        self.metrics.in_flight.inc()
         self.dispatcher.submit((tp[0], ordering_key), task)
 
     def _handle_event(self, msg: Message, err: KafkaError) -> None:
@@ -379,7 +376,7 @@ class Pipeline:
             first = self.backoff.failures == 1
             if delay is not None and (first or now - self._last_backoff_log >= BACKOFF_LOG_EVERY_S):
                 self._last_backoff_log = now
-                log.warning("ERP answered retry (%s: %s); all pushes back off %.1f s (failure %d in a row)",
+                log.warning("ERP push failed, will retry (%s: %s); all pushes back off %.1f s (failure %d in a row)",
                             result.code, result.message, delay, self.backoff.failures,
                             extra={"event": "erp_backoff", "erp_code": result.code, "request_id": result.request_id,
                                    "instance_id": task.instance_id, "backoff_s": round(delay, 3)})
@@ -403,7 +400,6 @@ class Pipeline:
     def _apply(self, result: PushResult) -> None:
         task = result.task
         self._outstanding[task.tp] = self._outstanding.get(task.tp, 1) - 1
-        self.metrics.in_flight.dec()
         verdict = result.verdict
         if verdict is None:
             return  # abandoned: not committed, re-read by whoever owns the partition next
@@ -478,6 +474,7 @@ class Pipeline:
             return  # a discarded client (see _check_rejoin) closing on another thread
         self.metrics.rebalances.labels("assign").inc()
         self._unassigned_since = None
+        self.health.joined = True
         committed: dict[TP, int | None] = {}
         try:
             for tp in consumer.committed(partitions, timeout=10):
@@ -594,6 +591,13 @@ class Pipeline:
                 lag_s = 0.0
             self.metrics.set_lag(tp[1], lag, lag_s)
         self.metrics.dlq_pending.set(self.dead_letters.pending)
+        self.metrics.in_flight.set(self.dispatcher.running)
+        if self.watermarks.ok:
+            self.health.broker_up = True
+        retention = self.watermarks.retention_s
+        if retention is not None and retention != self._retention_s:
+            self._retention_s = retention
+            self.metrics.retention.labels(self.settings.topic).set(retention)
 
     def _idle_for(self) -> float:
         """Seconds idle: 0 unless assigned, every partition at its end and nothing unfinished."""
@@ -653,7 +657,10 @@ def run(settings: Settings, exit_when_idle_s: float | None = None,
     from .metrics import serve
 
     pipeline = Pipeline(settings)
-    server = serve(settings.metrics_host, settings.metrics_port, pipeline.health) if settings.metrics_port else None
+    try:
+        server = serve(settings.metrics_host, settings.metrics_port, pipeline.health) if settings.metrics_port else None
+    except OSError as exc:
+        raise ConfigError(str(exc)) from None
     pipeline.install_signal_handlers()
     if on_ready is not None:
         on_ready(pipeline)

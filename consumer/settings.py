@@ -68,15 +68,16 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", case_sensitive=False)
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
-    topic: str = "apaas.workflow.completed"
-    group_id: str = "apaas-erp-sync"
+    topic: str = Field(default="apaas.workflow.completed", min_length=1)
+    group_id: str = Field(default="apaas-erp-sync", min_length=1)
     dlq_topic: str | None = Field(default=None, description="default <topic>.dlq")
     schema_registry_url: str | None = Field(default=None, repr=False)  # may carry credentials
 
     erp_url: str | None = Field(default=None, repr=False)  # may carry credentials
-    erp_timeout_seconds: float = Field(default=10.0, gt=0)
+    erp_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
     erp_retry_codes: CommaList = DEFAULT_RETRY_CODES
     erp_duplicate_codes: CommaList = ()
+    erp_retry_http_statuses: CommaList = ()
     erp_max_requests_per_second: float | None = Field(default=None, gt=0)
     erp_auth_header_name: str = "Authorization"
     erp_auth_header_value: SecretStr | None = None
@@ -97,7 +98,7 @@ class Settings(BaseSettings):
     max_buffered_records: int = Field(default=5000, ge=1)
     max_value_bytes: int = Field(default=1_048_576, ge=1)
     commit_interval_seconds: float = Field(default=1.0, gt=0)
-    shutdown_timeout_seconds: float = Field(default=20.0, gt=0)
+    shutdown_timeout_seconds: float = Field(default=20.0, gt=0, le=3600)
     lag_refresh_seconds: float = Field(default=5.0, gt=0)
     rejoin_timeout_seconds: float = Field(default=90.0, gt=0)
 
@@ -117,7 +118,8 @@ class Settings(BaseSettings):
         """Only the values :func:`load_settings` gathered (it reads the environment and the file)."""
         return (init_settings,)
 
-    _split_lists = field_validator("erp_retry_codes", "erp_duplicate_codes", mode="before")(_split)
+    _split_lists = field_validator("erp_retry_codes", "erp_duplicate_codes", "erp_retry_http_statuses",
+                                   mode="before")(_split)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -130,14 +132,28 @@ class Settings(BaseSettings):
             raise ValueError(
                 "ERP_SYNC_RETRY_BACKOFF_MAX_SECONDS must be >= ERP_SYNC_RETRY_BACKOFF_INITIAL_SECONDS"
             )
-        if self.erp_url is not None and not re.match(r"^https?://[^/\s]+", self.erp_url):
+        if self.erp_url is not None and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", self.erp_url):
             raise ValueError(f"ERP_SYNC_ERP_URL must be an http:// or https:// URL, got {redact_url(self.erp_url)!r}")
         if self.erp_url is not None and re.match(r"^https?://[^/]*@", self.erp_url):
             raise ValueError(
                 "ERP_SYNC_ERP_URL must not carry credentials (user:password@): URLs end up in logs; "
                 "put them in ERP_SYNC_ERP_AUTH_HEADER_VALUE or ERP_SYNC_ERP_AUTH_HEADER_VALUE_FILE"
             )
+        if self.dead_letter_topic == self.topic:
+            raise ValueError("ERP_SYNC_DLQ_TOPIC must differ from ERP_SYNC_TOPIC (dead letters would be re-read)")
+        for var, header in (("ERP_SYNC_ERP_AUTH_HEADER_NAME", self.erp_auth_header_name),
+                            ("ERP_SYNC_ERP_SIGNATURE_HEADER", self.erp_signature_header)):
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", header):
+                raise ValueError(f"{var} is not a valid HTTP header name: {header!r}")
+        bad = [v for v in self.erp_retry_http_statuses if not (v.isdigit() and 100 <= int(v) <= 599)]
+        if bad:
+            raise ValueError(f"ERP_SYNC_ERP_RETRY_HTTP_STATUSES: not HTTP statuses: {','.join(bad)}")
         return self
+
+    @property
+    def retry_http_statuses(self) -> frozenset[int]:
+        """Extra HTTP statuses that mean retry (``ERP_SYNC_ERP_RETRY_HTTP_STATUSES``)."""
+        return frozenset(int(v) for v in self.erp_retry_http_statuses)
 
     @property
     def dead_letter_topic(self) -> str:
@@ -179,6 +195,8 @@ class Settings(BaseSettings):
             "enable.idempotence": True,
             "linger.ms": 5,
             "message.timeout.ms": 10000,  # a failing dead letter surfaces within 10 s, then retries
+            # a dead letter carries a value up to ERP_SYNC_MAX_VALUE_BYTES plus headers
+            "message.max.bytes": max(1_000_000, self.max_value_bytes + 65_536),
             "topic.metadata.propagation.max.ms": 5000,  # a missing DLQ topic is reported within 5 s
             "client.id": f"apaas-erp-sync-dlq-{os.uname().nodename}",
         }

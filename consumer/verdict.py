@@ -114,6 +114,7 @@ def verdict(
     *,
     retry_codes: Iterable[str] = DEFAULT_RETRY_CODES,
     duplicate_codes: Iterable[str] = (),
+    retry_statuses: frozenset[int] = frozenset(),
 ) -> Verdict:
     """Decide the outcome of one HTTP response (decision 6).
 
@@ -123,13 +124,16 @@ def verdict(
         body: the raw response body.
         retry_codes: code families that mean retry.
         duplicate_codes: codes that mean "already done" (accepted).
+        retry_statuses: more non-2xx statuses that mean retry (an operator's choice, e.g. 401 and
+            403 while credentials are rotated); the contract's default makes them *reject*.
 
     Returns:
         The :class:`Verdict`.
     """
     retry_after = parse_retry_after(headers.get("retry-after") or headers.get("Retry-After"))
     if not 200 <= status < 300:
-        outcome = Outcome.RETRY if status in RETRY_STATUSES or 500 <= status < 600 else Outcome.REJECT
+        retry = status in RETRY_STATUSES or 500 <= status < 600 or status in retry_statuses
+        outcome = Outcome.RETRY if retry else Outcome.REJECT
         parsed = _parse_response(body)
         request_id = parsed[0].get("RequestId") if parsed is not None else None
         message = _error_message(parsed[1]) if parsed is not None else _truncate(_body_snippet(body))

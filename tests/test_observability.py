@@ -207,3 +207,15 @@ def test_sigterm_after_observing_exits_zero(running: dict[str, Any]) -> None:
     stopped = [rec for rec in lines if rec.get("event") == "stopped"]
     assert len(stopped) == 1
     assert stopped[0]["message"].startswith("stopped: 5 pushed, 0 duplicates, 0 skipped, 2 dead-lettered")
+
+
+def test_readiness_of_a_member_without_partitions() -> None:
+    from consumer.metrics import Health
+
+    h = Health()
+    h.broker_up = True
+    assert h.readiness() == (False, "waiting for a partition assignment (joining the consumer group)")
+    h.joined = True
+    assert h.readiness() == (True, "ok: member of the group, 0 partitions assigned (more consumers than partitions)")
+    h.broker_up, h.reason = False, "Connection refused"
+    assert h.readiness() == (False, "broker not reachable: Connection refused")

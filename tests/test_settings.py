@@ -387,3 +387,26 @@ def test_settings_model_holds_secretstr() -> None:
     assert isinstance(s.erp_auth_header_value, SecretStr)
     assert isinstance(s.erp_hmac_secret, SecretStr)
     assert isinstance(s, Settings)
+
+
+# --- settings that used to fail late (found by a fresh-user trial) ---------------------------
+
+
+@pytest.mark.parametrize(("env", "names"), [
+    ({"ERP_SYNC_TOPIC": "t", "ERP_SYNC_DLQ_TOPIC": "t"}, "ERP_SYNC_DLQ_TOPIC must differ from ERP_SYNC_TOPIC"),
+    ({"ERP_SYNC_GROUP_ID": ""}, "ERP_SYNC_GROUP_ID"),
+    ({"ERP_SYNC_TOPIC": ""}, "ERP_SYNC_TOPIC"),
+    ({"ERP_SYNC_ERP_AUTH_HEADER_NAME": "Bad Header"}, "ERP_SYNC_ERP_AUTH_HEADER_NAME is not a valid HTTP header"),
+    ({"ERP_SYNC_ERP_URL": "http://exa mple.com/x"}, "ERP_SYNC_ERP_URL must be an http:// or https:// URL"),
+    ({"ERP_SYNC_ERP_RETRY_HTTP_STATUSES": "401,abc"}, "ERP_SYNC_ERP_RETRY_HTTP_STATUSES: not HTTP statuses: abc"),
+    ({"ERP_SYNC_ERP_TIMEOUT_SECONDS": "inf"}, "ERP_SYNC_ERP_TIMEOUT_SECONDS"),
+])
+def test_bad_settings_fail_at_start_naming_the_variable(env: dict[str, str], names: str) -> None:
+    assert names in config_error(env)
+
+
+def test_retry_http_statuses_and_dead_letter_producer_size() -> None:
+    s = load_settings({"ERP_SYNC_ERP_RETRY_HTTP_STATUSES": "401, 403", "ERP_SYNC_MAX_VALUE_BYTES": "5000000"})
+    assert s.retry_http_statuses == frozenset({401, 403})
+    assert s.producer_config()["message.max.bytes"] == 5_065_536
+    assert load_settings({}).producer_config()["message.max.bytes"] == 1_114_112

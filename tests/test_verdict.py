@@ -296,3 +296,10 @@ def test_body_with_lone_surrogate_escape_is_invalid_response() -> None:
     # orjson refuses a lone surrogate escape: the body is treated as not the contract's shape
     v = verdict(200, {}, b'{"Response": {"Error": {"Code": "Bad\\ud800"}}}')
     assert (v.outcome, v.code) == (Outcome.RETRY, "InvalidResponse")
+
+
+def test_operator_retry_statuses_turn_a_reject_into_a_retry() -> None:
+    assert verdict(401, {}, b"Unauthorized").outcome is Outcome.REJECT
+    v = verdict(401, {"retry-after": "3"}, b"Unauthorized", retry_statuses=frozenset({401, 403}))
+    assert (v.outcome, v.code, v.retry_after_s) == (Outcome.RETRY, "HTTP_401", 3.0)
+    assert verdict(404, {}, b"", retry_statuses=frozenset({401})).outcome is Outcome.REJECT
