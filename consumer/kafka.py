@@ -118,7 +118,9 @@ class WatermarkWatcher:
         self.ok = ok
 
     def _loop(self) -> None:
-        while not self._stop.wait(self._interval_s):
+        first = True
+        while first or not self._stop.wait(self._interval_s):
+            first = False
             try:
                 if time.monotonic() >= self._next_retention:  # until known, then every 10 min
                     value = topic_retention_seconds(self._settings, self._settings.topic)

@@ -95,6 +95,11 @@ class PartitionOffsets:
         return len(self._by_offset)
 
     @property
+    def tracked(self) -> int:
+        """Records held: unfinished ones and finished ones waiting behind an unfinished one."""
+        return len(self._entries)
+
+    @property
     def floor(self) -> int | None:
         """Offset below which every record is finished (what would be committed)."""
         return self._floor
@@ -140,3 +145,8 @@ class OffsetTracker:
     def unfinished(self) -> int:
         """Unfinished records over all partitions."""
         return sum(t.unfinished for t in self.partitions.values())
+
+    @property
+    def tracked(self) -> int:
+        """Records held over all partitions (see :attr:`PartitionOffsets.tracked`)."""
+        return sum(t.tracked for t in self.partitions.values())

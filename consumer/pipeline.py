@@ -45,6 +45,8 @@ TP = tuple[str, int]
 POLL_TIMEOUT_S = 0.05
 CONSUME_BATCH = 500
 REVOKE_GRACE_MAX_S = 5.0
+TRACKED_FACTOR = 10
+"""Finished-but-uncommittable records held, per unit of ERP_SYNC_MAX_BUFFERED_RECORDS."""
 BACKOFF_LOG_EVERY_S = 10.0
 """While the ERP keeps failing, one backoff log line per this many seconds (plus the first)."""
 
@@ -553,11 +555,16 @@ class Pipeline:
     # ------------------------------------------------------------------ flow control, lag, idle
 
     def _apply_backpressure(self) -> None:
-        unfinished = self.tracker.unfinished
+        """Pause at ``max_buffered_records`` unfinished records, resume at half of it.
+
+        Finished records held behind an unfinished one (a key stuck in retries) are bounded too,
+        at ``TRACKED_FACTOR`` times the limit, so memory stays bounded whatever is stuck.
+        """
         limit = self.settings.max_buffered_records
-        if not self._paused and unfinished >= limit:
+        load = max(self.tracker.unfinished, self.tracker.tracked // TRACKED_FACTOR)
+        if not self._paused and load >= limit:
             self._set_paused(True)
-        elif self._paused and unfinished <= limit // 2:
+        elif self._paused and load <= limit // 2:
             self._set_paused(False)
 
     def _set_paused(self, paused: bool) -> None:

@@ -437,12 +437,18 @@ def test_topic_retention_gauge_is_exported(broker: Broker, erp: ErpStub, tmp_pat
     create_topic(broker, topic + ".dlq", 1)
     env = env_for(broker, erp, topic, unique("group-retention"))
     cp = start_consumer(env, tmp_path / "run.log")
+    expected = f'erp_sync_topic_retention_seconds{{topic="{topic}"}} 3600.0'
+    metrics = ""
     try:
+        # retention is read off the poll loop (and retried until known), published within seconds
         deadline = time.monotonic() + 30
-        while '"event": "started"' not in cp.log():  # retention is read before "started" is logged
+        while expected not in metrics:
             assert cp.proc.poll() is None and time.monotonic() < deadline, cp.log()[-3000:]
-            time.sleep(0.05)
-        metrics = httpx.get(f"http://127.0.0.1:{cp.metrics_port}/metrics", timeout=10).text
+            time.sleep(0.2)
+            try:
+                metrics = httpx.get(f"http://127.0.0.1:{cp.metrics_port}/metrics", timeout=10).text
+            except httpx.HTTPError:
+                continue
     finally:
         cp.proc.terminate()
         code = cp.wait(30)
