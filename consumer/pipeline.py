@@ -103,6 +103,7 @@ class Pipeline:
         self.stats = RunStats()
         self.tracker = OffsetTracker()
         self._stop = threading.Event()
+        self._abandon = threading.Event()
         self._fatal: str | None = None
         self._results: queue.SimpleQueue[PushResult] = queue.SimpleQueue()
         self._generation: dict[TP, int] = {}
@@ -233,7 +234,7 @@ class Pipeline:
     def _shutdown(self) -> None:
         """Stop fetching, finish or abandon in-flight pushes within the shutdown timeout, commit, close."""
         self.health.stopping = True
-        self._stop.set()  # workers abandon queued and retrying work
+        self._stop.set()  # no more fetching; buffered work goes on while the ERP answers
         deadline = time.monotonic() + self.settings.shutdown_timeout_seconds
         self._shutdown_deadline = deadline
         try:
@@ -245,6 +246,7 @@ class Pipeline:
         while sum(self._outstanding.values()) and time.monotonic() < deadline:
             self._drain_results(block_s=0.1)
             self.dead_letters.poll()
+        self._abandon.set()  # what is left waits for the next owner
         self._drain_results()
         left = self.dead_letters.flush(max(0.0, min(5.0, deadline - time.monotonic())))
         self._drain_results()
@@ -352,7 +354,15 @@ class Pipeline:
     # ------------------------------------------------------------------ workers
 
     def _cancelled(self, task: PushTask) -> bool:
-        return self._stop.is_set() or self._generation.get(task.tp, 0) != task.generation
+        """Whether a push must be given up.
+
+        Yes when its partition is gone, when the shutdown deadline passed, or when stopping while
+        the ERP fails. At shutdown, buffered records are still delivered while the ERP answers, so
+        that few finished records sit behind an abandoned one (each would be pushed again).
+        """
+        if self._generation.get(task.tp, 0) != task.generation or self._abandon.is_set():
+            return True
+        return self._stop.is_set() and self.backoff.failures > 0
 
     async def _push(self, task: PushTask) -> None:
         """On the push event loop: push one record until accepted or rejected, or abandon it."""
