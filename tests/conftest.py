@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.kafka_harness import Broker, start_broker
+from consumer.erp_stub import ErpStub, StubClient
+from tests.kafka_harness import Broker, ConsumerProcess, start_broker
 
 
 @pytest.fixture(scope="session")
@@ -28,13 +29,29 @@ def broker() -> Iterator[Broker]:
 
 
 @pytest.fixture
-def erp() -> Iterator[object]:
+def erp() -> Iterator[ErpStub]:
     """A real HTTP ERP stub on a free port (see consumer/erp_stub.py)."""
-    from consumer.erp_stub import ErpStub
-
     stub = ErpStub()
     stub.start()
     try:
         yield stub
     finally:
         stub.stop()
+
+
+@pytest.fixture
+def stub(erp: ErpStub) -> Iterator[StubClient]:
+    """The control client of this test's ERP stub."""
+    with StubClient(erp.base_url) as client:
+        yield client
+
+
+@pytest.fixture
+def procs() -> Iterator[list[ConsumerProcess]]:
+    """Consumer processes a test started; any still running at the end is killed (by its own pid)."""
+    started: list[ConsumerProcess] = []
+    yield started
+    for cp in started:
+        if cp.proc.poll() is None:
+            cp.proc.kill()
+            cp.proc.wait(10)

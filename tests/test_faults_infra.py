@@ -64,24 +64,6 @@ Event = dict[str, Any]
 # ------------------------------------------------------------------------------------------ helpers
 
 
-@pytest.fixture
-def stub(erp: ErpStub) -> Iterator[StubClient]:
-    """The control client of this test's ERP stub."""
-    with StubClient(erp.base_url) as client:
-        yield client
-
-
-@pytest.fixture
-def procs() -> Iterator[list[ConsumerProcess]]:
-    """Consumer processes a test started; any still running at the end is killed (by its own pid)."""
-    started: list[ConsumerProcess] = []
-    yield started
-    for cp in started:
-        if cp.proc.poll() is None:
-            cp.proc.kill()
-            cp.proc.wait(10)
-
-
 def event(instance_id: int, flow_code: int = 1425737370216521773) -> Event:
     """A valid APPROVED v1 event."""
     return {

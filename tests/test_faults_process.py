@@ -21,7 +21,7 @@ import subprocess
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -62,24 +62,6 @@ Request = dict[str, Any]
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-@pytest.fixture
-def stub(erp: ErpStub) -> Iterator[StubClient]:
-    """The control client of this test's ERP stub."""
-    with StubClient(erp.base_url) as client:
-        yield client
-
-
-@pytest.fixture
-def procs() -> Iterator[list[ConsumerProcess]]:
-    """Consumer processes a test started; any still running at the end is killed (by its own pid)."""
-    started: list[ConsumerProcess] = []
-    yield started
-    for cp in started:
-        if cp.proc.poll() is None:
-            cp.proc.kill()
-            cp.proc.wait(10)
 
 
 def new_topics(broker: Broker, prefix: str, partitions: int) -> tuple[str, str, str]:

@@ -12,7 +12,6 @@ import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +59,6 @@ DLQ_HEADERS = {
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-@pytest.fixture
-def stub(erp: ErpStub) -> Iterator[StubClient]:
-    """The control client of this test's ERP stub."""
-    with StubClient(erp.base_url) as client:
-        yield client
 
 
 def new_topics(broker: Broker, prefix: str, partitions: int = 1) -> tuple[str, str, str]:

@@ -27,7 +27,6 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -113,12 +112,6 @@ def verify_signature(headers: dict[str, str], body: bytes, secret: bytes, header
     assert hmac.compare_digest(parts["v1"], expected), f"signature {value} does not verify over the body"
     assert abs(time.time() - t) <= 60, f"signature timestamp {t} is {time.time() - t:.0f} s from now"
     return t
-
-
-@pytest.fixture
-def stub(erp: ErpStub) -> Iterator[StubClient]:
-    with StubClient(erp.base_url) as client:
-        yield client
 
 
 # ------------------------------------------------------------------------------------------ PKI and HTTPS ERP
