@@ -18,6 +18,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from confluent_kafka import KafkaException
+
 from . import __version__, logs
 from .errors import ConfigError
 from .settings import Settings, load_settings, validate_kafka_config
@@ -151,6 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `erp-sync check-config | head`
         return 0
+    except (KafkaException, RuntimeError, OSError) as exc:  # broker down, topic missing…: say it, no traceback
+        detail = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
+        print(f"erp-sync {args.command}: error: {detail}", file=sys.stderr)
+        return 1
     return code
 
 
