@@ -112,8 +112,11 @@ class KeyedDispatcher(Generic[T]):
         async def drain() -> None:
             if wait and self._tasks:
                 await asyncio.wait(list(self._tasks), timeout=timeout_s)
-            for pending in list(self._tasks):
-                pending.cancel()
+            pending = list(self._tasks)
+            for task in pending:
+                task.cancel()
+            if pending:  # let the cancellations run, so no task is destroyed while pending
+                await asyncio.wait(pending, timeout=1.0)
 
         try:
             self.call(drain(), timeout_s + 1.0)

@@ -385,7 +385,10 @@ def test_rebalance_second_member_joins_then_first_leaves(broker: Broker, erp: Er
     watcher = CommitWatcher(broker, group, topic, partitions, interval_s=0.1).start()
     try:
         # A is slow (1 push at a time) so the stream is still running when B has joined.
-        a = start_consumer(env_for(broker, erp, topic, group, ERP_SYNC_MAX_IN_FLIGHT="1"), tmp_path / "a.log")
+        # A's SIGTERM delivers its buffered records until its shutdown deadline; keep that short so A
+        # leaves the group well within B's idle window (B must be handed A's partitions)
+        a = start_consumer(env_for(broker, erp, topic, group, ERP_SYNC_MAX_IN_FLIGHT="1",
+                                   ERP_SYNC_SHUTDOWN_TIMEOUT_SECONDS="1"), tmp_path / "a.log")
         procs.append(a)
         wait_until("60 pushes", lambda: received(stub) >= 60, 120, proc=a)
         t_b = time.monotonic()
