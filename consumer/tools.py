@@ -1078,15 +1078,22 @@ def replay_window(settings: Settings, start_ms: int, end_ms: int, instance_ids: 
 
         consumer = Consumer(reader_config(settings, "replay"))
         try:
-            read_ranges(consumer, topic, ranges, handle)
-        except ToolError as exc:
-            summary.error = str(exc)
-        except KeyboardInterrupt:
-            summary.interrupted = True
+            _read_into_summary(summary, consumer, topic, ranges, handle)
         finally:
             consumer.close()
             progress.close()
     return summary
+
+
+def _read_into_summary(summary: ReplaySummary | DlqSummary, consumer: Consumer, topic: str,
+                       ranges: Mapping[int, tuple[int, int]], handle: Callable[[Message], Step]) -> None:
+    """:func:`read_ranges`, recording a ToolError or Ctrl-C in the summary instead of raising it."""
+    try:
+        read_ranges(consumer, topic, ranges, handle)
+    except ToolError as exc:
+        summary.error = str(exc)
+    except KeyboardInterrupt:
+        summary.interrupted = True
 
 
 def _replay_detail(s: ReplaySummary, dry_run: bool) -> str:
@@ -1373,11 +1380,7 @@ def replay_dead_letters(settings: Settings, dry_run: bool, error_class: str | No
             return Step.NEXT
 
         try:
-            read_ranges(consumer, dlq, ranges, handle)
-        except ToolError as exc:
-            summary.error = str(exc)
-        except KeyboardInterrupt:
-            summary.interrupted = True
+            _read_into_summary(summary, consumer, dlq, ranges, handle)
         finally:
             consumer.close()
             progress.close()
