@@ -24,6 +24,7 @@ from typing import Any
 import fastavro
 from fastavro.types import Schema
 
+from . import avro_v1
 from .errors import DecodeError
 
 SCHEMA_FILE = "workflow_completed.v1.avsc"
@@ -97,33 +98,71 @@ def decode(
         DecodeError: code ``MissingValue``, ``ValueTooLarge``, ``ConfluentFramed``,
             ``UnknownSchemaId``, ``InvalidAvro``, ``InvalidUtf8`` or ``TrailingBytes``.
     """
+    event = _decode(value, max_bytes, writer_schema_lookup, approved_only=False)
+    assert event is not None  # approved_only=False always builds the event
+    return event
+
+
+def decode_approved(
+    value: bytes | None,
+    *,
+    max_bytes: int | None = None,
+    writer_schema_lookup: WriterSchemaLookup | None = None,
+) -> Event | None:
+    """Decode one Kafka value, building the event only when it will be pushed (the pipeline's path).
+
+    Same checks and errors as :func:`decode`: a corrupt record raises whatever its status. A valid
+    record whose status is not ``APPROVED`` returns ``None`` (to be skipped) without building its
+    fields, which halves the decoding cost of a topic where half the instances are not approved.
+    """
+    return _decode(value, max_bytes, writer_schema_lookup, approved_only=True)
+
+
+def _decode(
+    value: bytes | None, max_bytes: int | None, writer_schema_lookup: WriterSchemaLookup | None, approved_only: bool
+) -> Event | None:
     if value is None or len(value) == 0:
         raise DecodeError("MissingValue", "the record has no value (empty or tombstone)")
     if max_bytes is not None and len(value) > max_bytes:
         raise DecodeError(
             "ValueTooLarge", f"value is {len(value)} bytes, above the limit of {max_bytes} bytes"
         )
-    writer: Schema = READER_SCHEMA
-    reader: Schema | None = None
-    body = io.BytesIO(value)
     # A bare v1 record starts with event_id's length; 0x00 would be an empty event_id, which the
     # contract never produces (it is a UUID), so a leading 0x00 means the Confluent wire format.
     if value[0] == CONFLUENT_MAGIC and len(value) >= 5:
-        schema_id = int.from_bytes(value[1:5], "big")
-        if writer_schema_lookup is None:
-            raise DecodeError(
-                "ConfluentFramed",
-                f"value is in the Confluent wire format (schema id {schema_id}) but no schema "
-                "registry is configured (set ERP_SYNC_SCHEMA_REGISTRY_URL)",
-            )
-        try:
-            writer = writer_schema_lookup(schema_id)
-        except Exception as exc:  # registry client errors are many; all mean "cannot resolve"
-            raise DecodeError("UnknownSchemaId", f"schema id {schema_id}: {exc}") from exc
-        reader = READER_SCHEMA
-        body.seek(5)
+        event = _decode_framed(value, writer_schema_lookup)
+        return None if approved_only and event.get("status") != "APPROVED" else event
     try:
-        event = fastavro.schemaless_reader(body, writer, reader)
+        result, end = avro_v1.read_event(value, 0, approved_only)
+    except UnicodeDecodeError as exc:
+        raise DecodeError("InvalidUtf8", f"a string field is not valid UTF-8: {exc.reason}") from exc
+    except ValueError as exc:
+        raise DecodeError("InvalidAvro", f"not a v1 WorkflowCompleted record: {exc}") from exc
+    if end != len(value):
+        raise DecodeError(
+            "TrailingBytes",
+            f"{len(value) - end} bytes after the end of the record (wrong schema or framing)",
+        )
+    return result
+
+
+def _decode_framed(value: bytes, writer_schema_lookup: WriterSchemaLookup | None) -> Event:
+    """A Confluent-framed value: its writer schema from the registry, resolved to v1 by fastavro."""
+    schema_id = int.from_bytes(value[1:5], "big")
+    if writer_schema_lookup is None:
+        raise DecodeError(
+            "ConfluentFramed",
+            f"value is in the Confluent wire format (schema id {schema_id}) but no schema "
+            "registry is configured (set ERP_SYNC_SCHEMA_REGISTRY_URL)",
+        )
+    try:
+        writer = writer_schema_lookup(schema_id)
+    except Exception as exc:  # registry client errors are many; all mean "cannot resolve"
+        raise DecodeError("UnknownSchemaId", f"schema id {schema_id}: {exc}") from exc
+    body = io.BytesIO(value)
+    body.seek(5)
+    try:
+        event = fastavro.schemaless_reader(body, writer, READER_SCHEMA)
     except UnicodeDecodeError as exc:
         raise DecodeError("InvalidUtf8", f"a string field is not valid UTF-8: {exc.reason}") from exc
     except Exception as exc:  # fastavro raises EOFError, IndexError, ValueError, SchemaResolutionError…
@@ -135,21 +174,8 @@ def decode(
         )
     if not isinstance(event, dict):
         raise DecodeError("InvalidAvro", "decoded value is not a record")
-    if reader is not None:
-        _check_indexes(value, 5, _writer_walker(writer))
-    elif event.get("status") == "APPROVED":
-        _check_indexes(value, 0, _V1_WALKER)  # about to be pushed: every enum and union index
-    elif _status_index(value) < 0:  # skipped: only the status decides; a corrupt one must not hide
-        raise DecodeError("InvalidAvro", "not a v1 WorkflowCompleted record: negative status index")
+    _check_indexes(value, 5, _writer_walker(writer))
     return event
-
-
-def _status_index(value: bytes) -> int:
-    """The raw enum index of ``status`` in a bare v1 record (after event_id and three longs)."""
-    pos = _skip_bytes(value, 0)
-    for _ in range(3):  # event_time, flow_code, instance_id
-        pos = _varint(value, pos)[1]
-    return _varint(value, pos)[0]
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -258,7 +284,6 @@ _PRIMITIVE_WALKERS: dict[str, Walker] = {
     "bytes": _skip_bytes,
     "string": _skip_bytes,
 }
-_V1_WALKER = _compile_walker(_strip_logical_types(SCHEMA_JSON), {})
 
 
 _WALKERS: dict[int, tuple[Any, Walker]] = {}

@@ -25,7 +25,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import REGISTRY
 
-from . import __version__
+from . import __version__, avro_v1
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,9 @@ class Metrics:
         self.paused = Gauge("erp_sync_paused_partitions", "Partitions paused for backpressure.", registry=r)
         self.dlq_pending = Gauge("erp_sync_dead_letters_pending",
                                  "Dead letters waiting for broker confirmation or retrying.", registry=r)
-        self.build_info = Gauge("erp_sync_build_info", "Build information.", ["version"], registry=r)
-        self.build_info.labels(__version__).set(1)
+        self.build_info = Gauge("erp_sync_build_info", "Build information: version; avro_reader is compiled "
+                                "(mypyc) or interpreted.", ["version", "avro_reader"], registry=r)
+        self.build_info.labels(__version__, "compiled" if avro_v1.COMPILED else "interpreted").set(1)
 
         # pre-bound children for the hot path
         self.pushed = self.messages.labels(topic, "pushed")

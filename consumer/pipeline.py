@@ -27,7 +27,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from . import events, transform
+from . import avro_v1, events, transform
 from .dead_letters import DeadLetter, DeadLetterWriter
 from .dispatch import KeyedDispatcher
 from .erp import ErpClient
@@ -166,8 +166,10 @@ class Pipeline:
         self.watermarks.start()
         self.dispatcher.start()
         self._subscribe()
-        log.info("consuming %s as group %s; ERP %s; dead letters to %s", s.topic, s.group_id,
-                 _redact(s.erp_url), s.dead_letter_topic, extra={"event": "started"})
+        log.info("consuming %s as group %s; ERP %s; dead letters to %s; Avro reader %s", s.topic, s.group_id,
+                 _redact(s.erp_url), s.dead_letter_topic,
+                 "compiled" if avro_v1.COMPILED else "interpreted (slower: built without mypyc)",
+                 extra={"event": "started"})
         self.health.started = True
         try:
             while not self._stop.is_set():
@@ -291,9 +293,9 @@ class Pipeline:
         self._last_activity = time.monotonic()
         self.health.broker_up = True
         try:
-            event = events.decode(msg.value(), max_bytes=self.settings.max_value_bytes,
-                                  writer_schema_lookup=self._schema_lookup)
-            if not transform.is_pushed(event):
+            event = events.decode_approved(msg.value(), max_bytes=self.settings.max_value_bytes,
+                                           writer_schema_lookup=self._schema_lookup)
+            if event is None:  # valid, not APPROVED
                 offsets.done(offset)
                 self.stats.skipped += 1
                 self.metrics.skipped.inc()

@@ -129,6 +129,42 @@ def parse_variable_value(name: str, var_type: str, text: str) -> Any:
         ValidationError: ``UnknownType``, ``InvalidJson``, ``InvalidString``, ``TypeMismatch`` or
             ``OutOfRange``.
     """
+    # Fast paths for the common scalar fields; anything unusual (null, spaces inside, a wrong kind)
+    # falls through to the full parser below, which gives the same value or the precise error.
+    if var_type == "integer" or var_type == "long":
+        t = text.strip(_JSON_WS)
+        if _is_json_integer(t):
+            number = int(t)
+            low, high = (INT32_MIN, INT32_MAX) if var_type == "integer" else (INT64_MIN, INT64_MAX)
+            if not low <= number <= high:
+                raise ValidationError(
+                    "OutOfRange", f"variable {name!r}: {t} is outside the {var_type} range [{low}, {high}]"
+                )
+            return number if t != "-0" else orjson.Fragment(t)
+    elif var_type == "string":
+        t = text.strip(_JSON_WS)
+        if t.startswith('"'):
+            try:
+                value = orjson.loads(t)
+            except orjson.JSONDecodeError:
+                value = None
+            if isinstance(value, str):
+                return value
+    elif var_type == "boolean":
+        t = text.strip(_JSON_WS)
+        if t == "true" or t == "false":
+            return t == "true"
+    return _parse_checked(name, var_type, text)
+
+
+def _is_json_integer(t: str) -> bool:
+    """True for a JSON integer literal: an optional ``-``, then ``0`` or ASCII digits not led by ``0``."""
+    digits = t[1:] if t.startswith("-") else t
+    return digits.isascii() and digits.isdigit() and (digits[0] != "0" or digits == "0")
+
+
+def _parse_checked(name: str, var_type: str, text: str) -> Any:
+    """The full parser and type check behind :func:`parse_variable_value` (same contract)."""
     if var_type not in VARIABLE_TYPES:
         raise ValidationError("UnknownType", f"variable {name!r}: unknown Type {var_type!r}")
     try:
@@ -151,10 +187,10 @@ def parse_variable_value(name: str, var_type: str, text: str) -> Any:
     elif var_type == "string":
         ok = isinstance(value, str)
     elif var_type == "jsonSchema":
-        ok = isinstance(value, dict | list)
+        ok = isinstance(value, (dict, list))
     elif var_type in ("integer", "long"):
         stripped = text.strip()
-        ok = isinstance(value, int | orjson.Fragment) and not isinstance(value, bool) and _is_integer_text(stripped)
+        ok = isinstance(value, (int, orjson.Fragment)) and not isinstance(value, bool) and _is_integer_text(stripped)
         if ok:
             number = int(stripped)
             low, high = (INT32_MIN, INT32_MAX) if var_type == "integer" else (INT64_MIN, INT64_MAX)
@@ -163,7 +199,7 @@ def parse_variable_value(name: str, var_type: str, text: str) -> Any:
                     "OutOfRange", f"variable {name!r}: {stripped} is outside the {var_type} range [{low}, {high}]"
                 )
     else:  # double
-        ok = isinstance(value, int | orjson.Fragment) and not isinstance(value, bool)
+        ok = isinstance(value, (int, orjson.Fragment)) and not isinstance(value, bool)
         if ok and not math.isfinite(float(text.strip())):
             raise ValidationError(
                 "OutOfRange", f"variable {name!r}: {text.strip()} is not a finite double"
@@ -184,7 +220,7 @@ def _json_kind(value: Any) -> str:
         return "an array" if all(isinstance(v, dict) for v in value) else "an array with non-object elements"
     if isinstance(value, str):
         return "a string"
-    if isinstance(value, int | orjson.Fragment):
+    if isinstance(value, (int, orjson.Fragment)):
         return "a number"
     return type(value).__name__
 

@@ -14,7 +14,8 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   "$PYTHON" -m venv "$VENV"
 fi
 stamp="$VENV/.erp-sync-installed"
-want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+# pyproject.toml and the modules mypyc compiles at install time (a changed source needs a rebuild)
+want="$(cat "$ROOT/pyproject.toml" "$ROOT/consumer/avro_v1.py" | sha256sum | cut -d' ' -f1)"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   say "installing apaas-erp-sync and its test dependencies into $VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip

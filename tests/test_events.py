@@ -134,14 +134,15 @@ def test_every_strict_prefix_of_a_unicode_event_is_a_decode_error() -> None:
 
 @pytest.mark.parametrize(
     ("cut", "fragment"),
-    [(1, "EOFError: Expected 36 bytes, read 0"), (20, "EOFError: Expected 36 bytes, read 19"),
-     (STATUS_POS, "EOFError"), (len(SPEC_BYTES) - 1, "EOFError")],
+    [(1, "event_id: truncated (needs 36 bytes at byte 1, 0 left)"),
+     (20, "event_id: truncated (needs 36 bytes at byte 1, 19 left)"),
+     (STATUS_POS, "status: truncated (the value ends at byte 61)"),
+     (len(SPEC_BYTES) - 1, "approvals: truncated (the value ends at byte 207)")],
 )
 def test_specific_truncations(cut: int, fragment: str) -> None:
     err = decode_error(SPEC_BYTES[:cut])
     assert err.code == "InvalidAvro"
-    assert err.message.startswith("not a v1 WorkflowCompleted record: ")
-    assert fragment in err.message
+    assert err.message == "not a v1 WorkflowCompleted record: " + fragment
 
 
 @pytest.mark.parametrize(("extra", "count"), [(b"\x00", 1), (b"\x00\x01\x02", 3), (SPEC_BYTES, 208)])

@@ -403,7 +403,7 @@ def test_replay_pushes_exactly_the_window_and_leaves_offsets_and_dlq_alone(broke
         "  duplicates (ERP said already done): 0",
         "  failed: 1",
         "    partition 1 offset 4 instance ?: decode InvalidAvro: not a v1 WorkflowCompleted record: "
-        "IndexError: list index out of range",
+        "status: index -49 outside [0, 5)",
         "  (failed records were NOT written to the dead-letter topic)",
     ]
     assert "The group's committed offsets were not changed." in r.out
@@ -532,7 +532,7 @@ def test_dlq_replay_class_limit_dry_run_and_write_back_keeps_original_headers(br
     assert r.code == 0, r.err
     assert [row[3:] for row in table_rows(r.out, "DLQ")] == [
         ["102", "?", "decode Earlier", "would fail again: decode InvalidAvro: not a v1 WorkflowCompleted record: "
-                                       "IndexError: list index out of range"],
+                                       "status: index -49 outside [0, 5)"],
         ["103", "13", "erp Earlier", f"would push: Idempotency-Key {key(13)}"]]
     assert committed(broker, replay_group, dlq) == {0: 2}
     assert len(requests(erp)) == 2
@@ -540,8 +540,8 @@ def test_dlq_replay_class_limit_dry_run_and_write_back_keeps_original_headers(br
     r = t.tool("dlq", "replay")
     assert r.code == 1, r.err
     assert [row[3:5] + row[6:7] for row in table_rows(r.out, "DLQ")] == [
-        ["102", "?", "failed again: decode InvalidAvro: not a v1 WorkflowCompleted record: IndexError: list index "
-                     "out of range; back on the DLQ (attempts 0, replays 1)"],
+        ["102", "?", "failed again: decode InvalidAvro: not a v1 WorkflowCompleted record: status: index -49 "
+                     "outside [0, 5); back on the DLQ (attempts 0, replays 1)"],
         ["103", "13", "accepted"]]
     assert [p["idempotency_key"] for p in requests(erp)] == [key(11), key(12), key(13)]
     assert committed(broker, replay_group, dlq) == {0: 4}
