@@ -6,7 +6,7 @@ Transports (``--transport``):
   :class:`consumer.erp.ErpClient` (settings from :func:`consumer.settings.load_settings` with
   ``ERP_SYNC_ERP_URL`` = the stub, ``max_connections`` = ``--concurrency``), every request a task
   doing ``await client.post_async(body, key)`` under an ``asyncio.Semaphore(--concurrency)``, as
-  :class:`consumer.dispatch.KeyedDispatcher` does (``httpx.AsyncClient`` over
+  :class:`consumer.dispatch.KeyedDispatcher` does (``httpx.Request`` sent through
   ``httpx_aiohttp.AiohttpTransport``, the same limits, headers and verdict parsing). This is the
   ceiling ``erp-sync run`` is compared with.
 * ``erp-client-threads``: the previous design — ``--concurrency`` threads sharing one
@@ -56,7 +56,7 @@ CEILING_TRANSPORT = "erp-client-async"
 """The transport of "fraction of the HTTP ceiling": the consumer's own client and concurrency."""
 DESCRIPTIONS = {
     "erp-client-async": "the consumer's way: one event loop, one ErpClient, await post_async under a Semaphore "
-                        "(httpx.AsyncClient over httpx-aiohttp)",
+                        "(httpx.Request through the httpx-aiohttp transport)",
     "erp-client-threads": "previous design: threads sharing one ErpClient, sync post (one httpx.Client)",
     "httpx-threads": "threads sharing a bare httpx.Client",
     "httpx-thread-local": "threads, one httpx.Client each",

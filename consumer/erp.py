@@ -7,12 +7,13 @@
   ``X-Erp-Sync-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>``.
 * TLS is verified by default; ``ERP_SYNC_ERP_CA_BUNDLE`` adds a CA bundle and
   ``ERP_SYNC_ERP_CLIENT_CERT``/``…_KEY`` a client certificate (mTLS).
-* The consumer pushes with :meth:`ErpClient.post_async`: one ``httpx.AsyncClient`` over the
-  aiohttp-backed transport of ``httpx-aiohttp``, on the push event loop. Chosen by measurement
-  (``bench/``, 2 cores, 32 in flight, ERP latency 0): about 830 requests/s at 950 µs CPU each,
-  against 280/s at 2,650 µs for 32 threads sharing a sync ``httpx.Client`` and 86/s for
-  ``httpx.AsyncClient`` on its default transport. The tools (``replay``, ``dlq replay``) use the
-  synchronous :meth:`ErpClient.post`.
+* The consumer pushes with :meth:`ErpClient.post_async`: an ``httpx.Request`` sent through the
+  aiohttp-backed transport of ``httpx-aiohttp`` (httpx's transport API), on the push event loop.
+  ``httpx.AsyncClient`` is not in that path: its per-request work (header and URL merging, cookie
+  extraction into a jar, auth and redirect flows) serves none of a single-endpoint POST that sets
+  its own headers and never follows redirects, and it was about a third of the consumer's CPU.
+  Transports compared in ``bench/http_ceiling.py`` (2 cores, 32 in flight, ERP latency 0); the
+  tools (``replay``, ``dlq replay``) use the synchronous :meth:`ErpClient.post` (``httpx.Client``).
 * A request that fails on a pooled connection the ERP already closed is re-sent once at once on a
   fresh connection; keep-alive connections idle for more than ``KEEPALIVE_EXPIRY_S`` are dropped
   before the ERP's idle timeout can race us.
@@ -119,7 +120,9 @@ class ErpClient:
         self._verify = _tls(settings)
         self._client = httpx.Client(headers=headers, timeout=self._timeout, limits=self._limits,
                                      verify=self._verify, follow_redirects=False)
-        self._async: httpx.AsyncClient | None = None
+        self._url = httpx.URL(self.url)
+        self._async: httpx.AsyncBaseTransport | None = None
+        self._timeout_dict = self._timeout.as_dict()
 
     def _request_headers(self, body: bytes, idempotency_key: str) -> dict[str, str]:
         headers = {"Idempotency-Key": idempotency_key}
@@ -141,14 +144,17 @@ class ErpClient:
         if self._async is None:
             from httpx_aiohttp import AiohttpTransport
 
-            self._async = httpx.AsyncClient(
-                transport=AiohttpTransport(verify=self._verify, limits=self._limits, trust_env=False),
-                headers=self._headers, timeout=self._timeout, follow_redirects=False)
-        headers = self._request_headers(body, idempotency_key)
+            self._async = AiohttpTransport(verify=self._verify, limits=self._limits, trust_env=False)
+        headers = {**self._headers, **self._request_headers(body, idempotency_key)}
         for attempt in (1, 2):
             try:
-                response = await self._async.post(self.url, content=body, headers=headers)
-                await response.aread()
+                request = httpx.Request("POST", self._url, headers=headers, content=body,
+                                        extensions={"timeout": self._timeout_dict})
+                response = await self._async.handle_async_request(request)
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
             except httpx.HTTPError as exc:
                 if attempt == 1 and _stale_connection(exc):
                     continue  # the ERP closed a pooled keep-alive connection: once more, fresh
