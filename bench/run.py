@@ -1085,12 +1085,13 @@ def render(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
             for row in results["latencies"] if row.get("ceiling") and "requests_per_s" in row["ceiling"]]
     if ceil:
         lines.append(f"HTTP ceiling ({CEILING_TRANSPORT}: one event loop, one ErpClient, await post_async under "
-                     f"asyncio.Semaphore({results['args']['max_in_flight']}), httpx.AsyncClient over httpx-aiohttp, "
-                     f"no Kafka): " + "; ".join(ceil))
+                     f"asyncio.Semaphore({results['args']['max_in_flight']}), httpx.Request through the httpx-aiohttp "
+                     f"transport, no Kafka): " + "; ".join(ceil))
     cost = results.get("cpu_cost")
     if cost:
         lines.append(
-            f"CPU cost per record ({cost['events']:,} events, {cost['avg_value_bytes']:.0f} B, single thread): "
+            f"CPU cost per record ({cost['events']:,} events, {cost['avg_value_bytes']:.0f} B, single thread, "
+            f"Avro reader {cost.get('avro_reader', '?')}): "
             f"decode {cost['decode_us']:.1f} µs; decode+filter {cost['decode_filter_us']:.1f} µs; "
             f"decode+filter+transform+encode {cost['full_all_us']:.1f} µs per record "
             f"({1e6 / cost['full_all_us']:,.0f} records/s/core), {cost['full_approved_us']:.1f} µs per approved "
