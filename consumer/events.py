@@ -132,6 +132,8 @@ def _decode(
     if value[0] == CONFLUENT_MAGIC and len(value) >= 5:
         event = _decode_framed(value, writer_schema_lookup)
         return None if approved_only and event.get("status") != "APPROVED" else event
+    if type(value) is not bytes:  # the compiled reader takes exactly bytes (bytearray, memoryview: copied)
+        value = bytes(value)
     try:
         result, end = avro_v1.read_event(value, 0, approved_only)
     except UnicodeDecodeError as exc:

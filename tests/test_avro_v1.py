@@ -329,3 +329,8 @@ def test_decode_approved_equals_decode_for_pushed_records() -> None:
     values = [events.encode({**SPEC_EVENT, "status": s, "instance_id": i}) for i, s in enumerate(events.STATUSES)]
     assert [events.decode_approved(v) for v in values] == [events.decode(values[0]), None, None, None, None]
     assert json.dumps(events.decode(values[0])) == json.dumps({**SPEC_EVENT, "instance_id": 0})
+
+
+def test_decode_takes_bytearray_and_memoryview() -> None:
+    assert events.decode(bytearray(SPEC_BYTES)) == SPEC_EVENT
+    assert events.decode(memoryview(SPEC_BYTES)) == SPEC_EVENT  # type: ignore[arg-type]
