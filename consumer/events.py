@@ -2,10 +2,15 @@
 
 Rules implemented here (EVENT-CONTRACT.md "Messages", issue "main job" Decode):
 
-* The value is bare Avro binary written with the v1 schema, parsed once at import.
+* The value is bare Avro binary written with the v1 schema. It is read by
+  :mod:`consumer.avro_v1`, a reader specialised to that schema (compiled by mypyc at install);
+  a Confluent-framed value with a registry writer schema is resolved by fastavro, with the schema
+  parsed once and cached.
 * Every ``long`` stays a Python ``int`` exactly as written. The schema's ``timestamp-millis``
   logical types are removed before parsing, so fastavro never turns a time into a ``datetime``
   (the spec's own example times are 19-digit Longs that are not plausible epoch milliseconds).
+* An enum or union index outside the schema is an error (fastavro would wrap a negative one
+  around: a corrupt ``REJECTED`` could read as ``APPROVED``), so is a number beyond 64 bits.
 * A value that is empty, missing, truncated, longer than one record, not valid UTF-8 in a string,
   or Confluent-framed (magic byte ``0x00`` + 4-byte schema id) while no schema registry is
   configured raises :class:`~consumer.errors.DecodeError`.
