@@ -58,6 +58,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import decimal
 import itertools
 import json
 import logging
@@ -344,13 +345,17 @@ def validate_body(body: bytes) -> tuple[str, str, int | None]:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return "InvalidParameter", "body is not a JSON object", None
+        # orjson also refuses valid JSON whose numbers overflow a double (a 400-digit integer)
+        try:
+            doc = _loads_exact(body)
+        except ValueError:
+            return "InvalidParameter", "body is not a JSON object", None
     if not isinstance(doc, dict):
         return "InvalidParameter", "body is not a JSON object", None
     if any(type(doc.get(name)) is float for name in _LONG_FIELDS):
         # orjson turns an integer beyond 64 bits into a float: re-read with exact integers.
         with contextlib.suppress(ValueError):
-            doc = json.loads(body, parse_constant=_reject_constant)
+            doc = _loads_exact(body)
     raw_id = doc.get("InstanceId")
     code, message = _check_fields(doc)
     return code, message, raw_id if type(raw_id) is int else None
@@ -391,6 +396,12 @@ def _check_fields(doc: Mapping[str, Any]) -> tuple[str, str]:
                 return (f"InvalidParameter.VariableInfos.{key}",
                         f"VariableInfos.{key} must be an object with a known Type and a Value")
     return "OK", ""
+
+
+def _loads_exact(body: bytes) -> Any:
+    """The stdlib parser with every integer exact (beyond 4,300 digits as a ``Decimal``)."""
+    return json.loads(body, parse_constant=_reject_constant,
+                      parse_int=lambda text: int(text) if len(text) <= 4000 else decimal.Decimal(text))
 
 
 def _reject_constant(name: str) -> Any:

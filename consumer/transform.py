@@ -41,8 +41,18 @@ def is_pushed(event: Mapping[str, Any]) -> bool:
     return event.get("status") == PUSHED_STATUS
 
 
+_MAX_INT64_DIGITS = 19
+"""Digits of 2**63: a literal with more digits is outside 64 bits whatever they are."""
+
+
 def _parse_int(text: str) -> int | orjson.Fragment:
-    """Parse a JSON integer literal; outside 64 bits keep the exact text (orjson emits ≤ 64 bits)."""
+    """Parse a JSON integer literal; outside 64 bits keep the exact text (orjson emits ≤ 64 bits).
+
+    Literals longer than 64 bits are never converted to ``int`` (Python refuses to convert more
+    than 4,300 digits, and there is no need: the text is re-emitted as written).
+    """
+    if len(text) - text.startswith("-") > _MAX_INT64_DIGITS:
+        return orjson.Fragment(text)
     value = int(text)
     if INT64_MIN <= value <= INT64_MAX and (value != 0 or text == "0"):
         return value
@@ -134,13 +144,8 @@ def parse_variable_value(name: str, var_type: str, text: str) -> Any:
     if var_type == "integer" or var_type == "long":
         t = text.strip(_JSON_WS)
         if _is_json_integer(t):
-            number = int(t)
-            low, high = (INT32_MIN, INT32_MAX) if var_type == "integer" else (INT64_MIN, INT64_MAX)
-            if not low <= number <= high:
-                raise ValidationError(
-                    "OutOfRange", f"variable {name!r}: {t} is outside the {var_type} range [{low}, {high}]"
-                )
-            return number if t != "-0" else orjson.Fragment(t)
+            _check_integer_range(name, var_type, t)
+            return int(t) if t != "-0" else orjson.Fragment(t)
     elif var_type == "string":
         t = text.strip(_JSON_WS)
         if t.startswith('"'):
@@ -155,6 +160,16 @@ def parse_variable_value(name: str, var_type: str, text: str) -> Any:
         if t == "true" or t == "false":
             return t == "true"
     return _parse_checked(name, var_type, text)
+
+
+def _check_integer_range(name: str, var_type: str, t: str) -> None:
+    """Raise ``OutOfRange`` unless the integer literal ``t`` fits ``var_type`` (32 or 64 bits)."""
+    low, high = (INT32_MIN, INT32_MAX) if var_type == "integer" else (INT64_MIN, INT64_MAX)
+    digits = len(t) - t.startswith("-")
+    if digits > _MAX_INT64_DIGITS or not low <= int(t) <= high:
+        shown = t if len(t) <= 40 else f"{t[:20]}…{t[-8:]} ({digits} digits)"
+        raise ValidationError(
+            "OutOfRange", f"variable {name!r}: {shown} is outside the {var_type} range [{low}, {high}]")
 
 
 def _is_json_integer(t: str) -> bool:
@@ -192,18 +207,13 @@ def _parse_checked(name: str, var_type: str, text: str) -> Any:
         stripped = text.strip()
         ok = isinstance(value, (int, orjson.Fragment)) and not isinstance(value, bool) and _is_integer_text(stripped)
         if ok:
-            number = int(stripped)
-            low, high = (INT32_MIN, INT32_MAX) if var_type == "integer" else (INT64_MIN, INT64_MAX)
-            if not low <= number <= high:
-                raise ValidationError(
-                    "OutOfRange", f"variable {name!r}: {stripped} is outside the {var_type} range [{low}, {high}]"
-                )
+            _check_integer_range(name, var_type, stripped)
     else:  # double
         ok = isinstance(value, (int, orjson.Fragment)) and not isinstance(value, bool)
         if ok and not math.isfinite(float(text.strip())):
-            raise ValidationError(
-                "OutOfRange", f"variable {name!r}: {text.strip()} is not a finite double"
-            )
+            t = text.strip()
+            shown = t if len(t) <= 40 else f"{t[:20]}…{t[-8:]} ({len(t)} characters)"
+            raise ValidationError("OutOfRange", f"variable {name!r}: {shown} is not a finite double")
     if not ok:
         raise ValidationError(
             "TypeMismatch", f"variable {name!r}: Type is {var_type} but Value is {_json_kind(value)}"

@@ -518,3 +518,13 @@ def test_main_runs_in_the_foreground_until_sigterm() -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_validate_body_accepts_numbers_beyond_a_double() -> None:
+    """orjson refuses a 5,000-digit integer (it overflows a double); the stub reads it exactly instead."""
+    event = spec_example_event()
+    event["variables"] = {"X": {"type": "object", "value": '{"a": ' + "9" * 5000 + "}"}}
+    body, _ = erp_request(event)
+    assert validate_body(body) == ("OK", "", SPEC_INSTANCE_ID)
+    assert validate_body(b'{"FlowCode": 1, "x": ' + b"9" * 5000 + b"") == (
+        "InvalidParameter", "body is not a JSON object", None)

@@ -491,7 +491,8 @@ _fast_texts = (
     | st.sampled_from(["-0", "00", "01", "-", "", " 7 ", "\t-3\n", "1.0", "1e3", "+1", "٣", "１", "0x1", "null",
                        "true", "false", " true", "True", '"x"', ' "a\\u00e9" ', '"\\ud800"', '"unterminated',
                        '"a" "b"', "2147483647", "2147483648", "-2147483648", "-2147483649",
-                       "9223372036854775807", "9223372036854775808", "-9223372036854775808"])
+                       "9223372036854775807", "9223372036854775808", "-9223372036854775808", "9" * 5000,
+                       "-" + "1" * 4400, "1" * 19, "1" * 20, "-" + "9" * 19])
     | st.text(max_size=12)
     | st.text(max_size=12).map(json.dumps)
 )
@@ -513,3 +514,29 @@ def _outcome(fn: Any, *args: str) -> tuple[str, str]:
 def test_fast_paths_agree_with_the_full_parser(var_type: str, text: str) -> None:
     fast = _outcome(transform.parse_variable_value, "v", var_type, text)
     assert fast == _outcome(transform._parse_checked, "v", var_type, text)
+
+
+BIG = "9" * 5000  # beyond Python's 4,300-digit limit of int(str)
+
+
+@pytest.mark.parametrize(("var_type", "text", "message"), [
+    ("long", BIG, f"variable 'X': {'9' * 20}…{'9' * 8} (5000 digits) is outside the long range "
+                  f"[{INT64_MIN}, {INT64_MAX}]"),
+    ("integer", "-" + BIG, f"variable 'X': -{'9' * 19}…{'9' * 8} (5000 digits) is outside the integer range "
+                           f"[{INT32_MIN}, {INT32_MAX}]"),
+    ("long", " " + BIG + " ", f"variable 'X': {'9' * 20}…{'9' * 8} (5000 digits) is outside the long range "
+                              f"[{INT64_MIN}, {INT64_MAX}]"),
+    ("double", BIG, f"variable 'X': {'9' * 20}…{'9' * 8} (5000 characters) is not a finite double"),
+])
+def test_integers_beyond_python_digit_limit_are_out_of_range(var_type: str, text: str, message: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        transform.parse_variable_value("X", var_type, text)
+    assert (info.value.code, info.value.message) == ("OutOfRange", message)
+
+
+def test_huge_integer_inside_an_object_is_sent_digit_for_digit() -> None:
+    event = events.spec_example_event()
+    event["variables"] = {"X": {"type": "object", "value": '{"a": ' + BIG + ', "b": -' + BIG + "}"}}
+    body, _ = transform.erp_request(event)
+    assert body.endswith(b'"VariableInfos":{"X":{"Type":"object","Value":{"a":' + BIG.encode()
+                         + b',"b":-' + BIG.encode() + b"}}}}")
