@@ -51,6 +51,22 @@ def _stale_connection(exc: BaseException) -> bool:
         cause, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError)
 
 
+def _aiohttp_error(exc: httpx.HTTPError) -> httpx.HTTPError:
+    """Undo a misnaming of httpx-aiohttp: it maps a refused connection to ``ConnectTimeout``.
+
+    Its exception map matches ``aiohttp.ClientConnectorError`` (refused, DNS, unreachable) against
+    ``ClientConnectionError`` first; the error code an operator sees (logs, the ``code`` label of
+    ``erp_sync_erp_requests_total``) must say ``ConnectError``, as the sync path does, not ``Timeout``.
+    """
+    import aiohttp
+
+    cause = exc.__cause__
+    if (isinstance(exc, httpx.ConnectTimeout) and isinstance(cause, aiohttp.ClientConnectorError)
+            and not isinstance(cause, aiohttp.ServerTimeoutError | TimeoutError)):
+        return httpx.ConnectError(str(exc))
+    return exc
+
+
 def sign(secret: bytes, timestamp: int, body: bytes) -> str:
     """Return the signature header value ``t=<timestamp>,v1=<hex>`` for a body.
 
@@ -158,7 +174,7 @@ class ErpClient:
             except httpx.HTTPError as exc:
                 if attempt == 1 and _stale_connection(exc):
                     continue  # the ERP closed a pooled keep-alive connection: once more, fresh
-                return transport_verdict(exc)
+                return transport_verdict(_aiohttp_error(exc))
             except Exception as exc:  # aiohttp/ssl oddities must never escape a push
                 return transport_verdict(exc)
             return self._verdict(response)

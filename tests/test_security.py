@@ -16,12 +16,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import json
 import logging
 import os
+import socket
 import ssl
 import subprocess
 import threading
@@ -557,3 +559,29 @@ def test_url_userinfo_does_not_silently_replace_the_configured_auth_header(erp: 
     finally:
         client.close()
     assert stub.requests()[0]["headers"]["authorization"] == "Bearer configured-token"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_refused_connection_is_connect_error_on_both_paths() -> None:
+    """httpx-aiohttp maps a refused connection to ConnectTimeout; the verdict must say ConnectError."""
+    port = _free_port()  # nothing listens there
+    client = erp_client(f"http://127.0.0.1:{port}/erp/push")
+    body, key = transform.erp_request(event(7))
+
+    async def push() -> Any:
+        try:
+            return await client.post_async(body, key)
+        finally:
+            await client.aclose()
+
+    async_verdict = asyncio.run(push())
+    sync_verdict = client.post(body, key)
+    client.close()
+    assert (async_verdict.outcome, async_verdict.code) == (Outcome.RETRY, "ConnectError"), async_verdict
+    assert (sync_verdict.outcome, sync_verdict.code) == (Outcome.RETRY, "ConnectError"), sync_verdict
+    assert f"127.0.0.1:{port}" in async_verdict.message
