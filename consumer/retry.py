@@ -101,17 +101,28 @@ class SharedBackoff:
                 self._probing = False
                 self._cond.notify_all()
 
-    def success(self, permit: Permit) -> None:
-        """The ERP answered (accepted or reject): it is healthy; everyone may send again."""
+    def success(self, permit: Permit) -> int:
+        """The ERP answered (accepted or reject) the request sent under ``permit``.
+
+        While backing off, only the probe's answer ends the backoff (a circuit breaker's half-open
+        rule): an answer to a request sent before the failure says nothing about the ERP since,
+        and an ERP that is going down still answers the requests it had already accepted.
+
+        Returns:
+            How many failures in a row this answer cleared (0 when it changed nothing).
+        """
         with self._cond:
             if permit.probe:
                 self._probing = False
-            if self.failures:
-                self.failures = 0
-                self.delay_s = 0.0
-                self.epoch += 1
-                self._cond.notify_all()
-                self._changed()
+            if not self.failures or permit.epoch != self.epoch:
+                return 0
+            cleared = self.failures
+            self.failures = 0
+            self.delay_s = 0.0
+            self.epoch += 1
+            self._cond.notify_all()
+            self._changed()
+            return cleared
 
     def failure(self, permit: Permit, retry_after_s: float | None = None) -> float | None:
         """The ERP answered *retry*. Escalates once per backoff period, whoever reports it.

@@ -24,8 +24,13 @@ export ERP_SYNC_LOG_FORMAT="${ERP_SYNC_LOG_FORMAT:-text}"
 RUN_DIR="$(mktemp -d)"
 
 cleanup() {
+  if [[ "${KEEP_RUNNING:-0}" == "1" ]]; then
+    echo "KEEP_RUNNING=1: Kafka on 127.0.0.1:$KAFKA_PORT and the ERP stub (pid ${STUB_PID:-?}) keep running."
+    echo "  stop them: kill ${STUB_PID:-<stub pid>}; KAFKA_PORT=$KAFKA_PORT KAFKA_DATA_DIR=$KAFKA_DATA_DIR deploy/local/kafka.sh stop"
+    return
+  fi
   [[ -n "${STUB_PID:-}" ]] && kill "$STUB_PID" 2>/dev/null || true
-  if [[ "${KEEP_RUNNING:-0}" != "1" ]]; then bash deploy/local/kafka.sh stop >/dev/null 2>&1 || true; fi
+  bash deploy/local/kafka.sh stop >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
@@ -56,4 +61,4 @@ erp-sync run --exit-when-idle 3 2>&1 | tee "$RUN_DIR/consumer.log" | grep -v -E 
 step "6/6 what happened"
 python -m consumer.report --stub "http://127.0.0.1:$STUB_PORT"
 echo
-echo "logs: $RUN_DIR   (KEEP_RUNNING=1 leaves Kafka on :$KAFKA_PORT and the stub up)"
+echo "logs: $RUN_DIR   (KEEP_RUNNING=1 scripts/demo.sh leaves Kafka on :$KAFKA_PORT and the stub up)"

@@ -644,6 +644,11 @@ def test_erp_outage_backs_off_commits_nothing_undelivered_then_delivers_in_key_o
     assert len(outage_reqs) <= bound, f"{len(outage_reqs)} requests during a {outage_s:.1f} s outage > {bound}"
     assert by_code.get("CLOSED", 0) >= 2 and by_code.get("HANG", 0) >= 1, dict(by_code)
     assert len(outage_lines) < 30, f"{len(outage_lines)} log lines during the outage:\n" + "\n".join(outage_lines[:40])
+    backoff_lines = [e for e in log_events(log) if e.get("event") == "erp_backoff"]
+    assert backoff_lines and "failure 1 in a row" in backoff_lines[0]["message"], backoff_lines[:3]
+    assert sum("failure 1 in a row" in e["message"] for e in backoff_lines) == 1, [e["message"] for e in backoff_lines]
+    recovered = [e for e in log_events(log) if e.get("event") == "erp_recovered"]
+    assert len(recovered) == 1 and recovered[0]["failures"] >= 2, recovered
     assert cpu_outage < 0.5 * outage_s, f"the consumer used {cpu_outage:.1f} CPU-s in a {outage_s:.1f} s outage"
 
     # Key order: a record is sent only once every earlier record of its Kafka key was accepted.

@@ -115,11 +115,17 @@ def test_success_resets() -> None:
     assert b.failure(p) == 1.0
 
 
-def test_success_with_a_stale_permit_also_resets() -> None:
+def test_a_stale_success_does_not_end_the_backoff() -> None:
+    """An answer to a request sent before the failure (an ERP going down still answers those) changes
+    nothing; only the probe's answer ends the backoff."""
     b, clock, changes = make(1.0)
-    old = b.acquire(never)
-    b.failure(old)
-    b.success(old)  # a late answer from before the failure: the ERP is answering
+    old, other = b.acquire(never), b.acquire(never)
+    assert b.failure(old) == 1.0
+    assert b.success(other) == 0
+    assert (b.failures, b.delay_s, changes) == (1, 1.0, [1.0])
+    assert isinstance(b._try_acquire(), float)  # still backing off: nobody may send before the deadline
+    p = probe(b, clock)
+    assert b.success(p) == 1
     assert (b.failures, b.delay_s, changes) == (0, 0.0, [1.0, 0.0])
 
 
