@@ -23,7 +23,6 @@ import hmac
 import json
 import logging
 import os
-import socket
 import ssl
 import subprocess
 import threading
@@ -48,6 +47,7 @@ from tests.kafka_harness import (
     committed,
     consumer_env,
     create_topic,
+    free_port,
     high_watermarks,
     log_events,
     produce,
@@ -561,15 +561,9 @@ def test_url_userinfo_does_not_silently_replace_the_configured_auth_header(erp: 
     assert stub.requests()[0]["headers"]["authorization"] == "Bearer configured-token"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_refused_connection_is_connect_error_on_both_paths() -> None:
     """httpx-aiohttp maps a refused connection to ConnectTimeout; the verdict must say ConnectError."""
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     client = erp_client(f"http://127.0.0.1:{port}/erp/push")
     body, key = transform.erp_request(event(7))
 
