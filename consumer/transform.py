@@ -144,8 +144,8 @@ def parse_variable_value(name: str, var_type: str, text: str) -> Any:
     if var_type == "integer" or var_type == "long":
         t = text.strip(_JSON_WS)
         if _is_json_integer(t):
-            _check_integer_range(name, var_type, t)
-            return int(t) if t != "-0" else orjson.Fragment(t)
+            number = _integer_in_range(name, var_type, t)
+            return number if t != "-0" else orjson.Fragment(t)
     elif var_type == "string":
         t = text.strip(_JSON_WS)
         if t.startswith('"'):
@@ -162,14 +162,24 @@ def parse_variable_value(name: str, var_type: str, text: str) -> Any:
     return _parse_checked(name, var_type, text)
 
 
-def _check_integer_range(name: str, var_type: str, t: str) -> None:
-    """Raise ``OutOfRange`` unless the integer literal ``t`` fits ``var_type`` (32 or 64 bits)."""
+def _integer_in_range(name: str, var_type: str, t: str) -> int:
+    """The value of the integer literal ``t``; ``OutOfRange`` unless it fits ``var_type`` (32 or 64 bits).
+
+    A literal of more than 19 digits is out of range without being converted (``int()`` refuses
+    more than 4,300 digits).
+    """
     low, high = (INT32_MIN, INT32_MAX) if var_type == "integer" else (INT64_MIN, INT64_MAX)
     digits = len(t) - t.startswith("-")
-    if digits > _MAX_INT64_DIGITS or not low <= int(t) <= high:
-        shown = t if len(t) <= 40 else f"{t[:20]}…{t[-8:]} ({digits} digits)"
-        raise ValidationError(
-            "OutOfRange", f"variable {name!r}: {shown} is outside the {var_type} range [{low}, {high}]")
+    number = int(t) if digits <= _MAX_INT64_DIGITS else None
+    if number is None or not low <= number <= high:
+        raise ValidationError("OutOfRange", f"variable {name!r}: {_abbreviated(t, f'{digits} digits')} is outside "
+                                            f"the {var_type} range [{low}, {high}]")
+    return number
+
+
+def _abbreviated(text: str, size: str) -> str:
+    """``text`` itself, or its first 20 and last 8 characters and ``size`` when it is longer than 40."""
+    return text if len(text) <= 40 else f"{text[:20]}…{text[-8:]} ({size})"
 
 
 def _is_json_integer(t: str) -> bool:
@@ -207,13 +217,13 @@ def _parse_checked(name: str, var_type: str, text: str) -> Any:
         stripped = text.strip()
         ok = isinstance(value, (int, orjson.Fragment)) and not isinstance(value, bool) and _is_integer_text(stripped)
         if ok:
-            _check_integer_range(name, var_type, stripped)
+            _integer_in_range(name, var_type, stripped)
     else:  # double
         ok = isinstance(value, (int, orjson.Fragment)) and not isinstance(value, bool)
         if ok and not math.isfinite(float(text.strip())):
             t = text.strip()
-            shown = t if len(t) <= 40 else f"{t[:20]}…{t[-8:]} ({len(t)} characters)"
-            raise ValidationError("OutOfRange", f"variable {name!r}: {shown} is not a finite double")
+            raise ValidationError(
+                "OutOfRange", f"variable {name!r}: {_abbreviated(t, f'{len(t)} characters')} is not a finite double")
     if not ok:
         raise ValidationError(
             "TypeMismatch", f"variable {name!r}: Type is {var_type} but Value is {_json_kind(value)}"
