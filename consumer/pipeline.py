@@ -115,7 +115,6 @@ class Pipeline:
         self._next_commit = 0.0
         self._shutdown_deadline: float | None = None
         self._last_backoff_log = -1e9
-        self._failing_since = 0.0  # monotonic time of the first failure of the current backoff
         self._retention_s: float | None = None
         self._next_lag = 0.0
         self._last_error_log: dict[str, float] = {}
@@ -386,15 +385,13 @@ class Pipeline:
                 cleared = self.backoff.success(permit)
                 if cleared:
                     log.info("ERP answers again after %d failed attempts in a row (%.1f s): pushes resume",
-                             cleared, time.monotonic() - self._failing_since,
+                             cleared, time.monotonic() - self.backoff.failing_since,
                              extra={"event": "erp_recovered", "failures": cleared})
                 self._results.put(PushResult(task, result, attempts))
                 return
             delay = self.backoff.failure(permit, result.retry_after_s)
             now = time.monotonic()
             first = self.backoff.failures == 1
-            if delay is not None and first:
-                self._failing_since = now
             if delay is not None and (first or now - self._last_backoff_log >= BACKOFF_LOG_EVERY_S):
                 self._last_backoff_log = now
                 log.warning("ERP push failed, will retry (%s: %s); all pushes back off %.1f s (failure %d in a row)",

@@ -48,6 +48,8 @@ class SharedBackoff:
         self._clock = clock
         self._cond = threading.Condition()
         self.failures = 0
+        self.failing_since = 0.0
+        """Clock time (s) of the first failure of the current backoff, or of the last one once it ended."""
         self.epoch = 0
         self.delay_s = 0.0
         self._not_before = 0.0
@@ -138,6 +140,8 @@ class SharedBackoff:
                 self._cond.notify_all()
                 return None
             self.failures += 1
+            if self.failures == 1:
+                self.failing_since = self._clock()
             self.epoch += 1
             step = min(self.max_s, self.initial_s * (2 ** min(self.failures - 1, 62)))
             delay = step * (0.5 + 0.5 * self._rng())

@@ -120,6 +120,7 @@ def test_a_stale_success_does_not_end_the_backoff() -> None:
     nothing; only the probe's answer ends the backoff."""
     b, clock, changes = make(1.0)
     old, other = b.acquire(never), b.acquire(never)
+    clock.t = 5.0
     assert b.failure(old) == 1.0
     assert b.success(other) == 0
     assert (b.failures, b.delay_s, changes) == (1, 1.0, [1.0])
@@ -127,6 +128,7 @@ def test_a_stale_success_does_not_end_the_backoff() -> None:
     p = probe(b, clock)
     assert b.success(p) == 1
     assert (b.failures, b.delay_s, changes) == (0, 0.0, [1.0, 0.0])
+    assert (clock.t, b.failing_since) == (6.0, 5.0)  # when the backoff began, kept after it ended
 
 
 def test_only_one_probe_while_failing_fake_clock() -> None:
