@@ -66,8 +66,10 @@ def zigzag(n: int) -> bytes:
 
 
 def read(module: ModuleType, data: bytes, approved_only: bool = False) -> Any:
+    """Read one whole record; bytes after its end are a refusal (events.decode's TrailingBytes), as in fastavro_read."""
     event, end = module.read_event(data, 0, approved_only)
-    assert end == len(data), f"record ends at {end} of {len(data)}"
+    if end != len(data):
+        raise ValueError(f"trailing bytes: record ends at {end} of {len(data)}")
     return event
 
 
@@ -291,6 +293,15 @@ def _compare_with_fastavro(data: bytes) -> None:
     # fastavro accepted what we refused: only our stricter rules may explain it
     message = str(ours)
     assert "outside [0," in message or "64 bits" in message or "10 bytes" in message, (message, reference)
+
+
+def test_a_mutation_that_ends_the_record_early_is_a_refusal_both_readers_share() -> None:
+    """Found by hypothesis: an approvals count set to 0 ends the record 30 bytes early (trailing bytes)."""
+    data = bytearray(SPEC_BYTES)
+    data[177] = 0
+    with pytest.raises(ValueError, match="trailing bytes: record ends at 178 of 208"):
+        read(INTERPRETED, bytes(data))
+    _compare_with_fastavro(bytes(data))
 
 
 @SETTINGS
