@@ -9,7 +9,7 @@
 # Two stages: the builder turns the project and all its dependencies into
 # wheels; the final image only installs those wheels. confluent-kafka ships
 # manylinux wheels with librdkafka inside. The builder has gcc because the
-# project's wheel compiles its hot path (consumer/avro_v1.py) with mypyc; the
+# project's wheel compiles its hot path (consumer/decode/avro_v1.py) with mypyc; the
 # final image has no compiler. Build with --build-arg HATCH_BUILD_NO_HOOKS=true
 # for a pure-Python wheel (same behaviour, about 3x the decode CPU).
 # Needs BuildKit (default in current Docker) for the cache and bind mounts.

@@ -1,12 +1,12 @@
 """Per-record CPU cost of the record path without Kafka or HTTP: decode + filter + transform + encode.
 
-The events come from :func:`consumer.samples.generate_events` (the benchmark's mix: about 300
+The events come from :func:`consumer.devstack.samples.generate_events` (the benchmark's mix: about 300
 bytes, half approved) and are Avro-encoded first (not timed). Then, single thread, measured with
 ``time.process_time`` (best of ``--repeat`` passes):
 
-* ``decode``: :func:`consumer.events.decode` of every value;
+* ``decode``: :func:`consumer.decode.decode` of every value;
 * ``decode+filter``: plus :func:`consumer.transform.is_pushed`;
-* ``full_all``: the pipeline's path: :func:`consumer.events.decode_approved` (builds the event only
+* ``full_all``: the pipeline's path: :func:`consumer.decode.decode_approved` (builds the event only
   for APPROVED records, checks the others without building them), then for approved events
   :func:`consumer.transform.erp_request` (the ERP body: mapping, variable checks, orjson encoding,
   Idempotency-Key) — averaged over ALL records (the issue's "decode + filter + transform + encode"
@@ -30,7 +30,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from consumer import avro_v1, events, samples, transform  # noqa: E402
+from consumer import decode as events  # noqa: E402
+from consumer import transform  # noqa: E402
+from consumer.decode import avro_v1  # noqa: E402
+from consumer.devstack import samples  # noqa: E402
+from consumer.devstack.events import encode  # noqa: E402
 
 
 def _best(fn: Callable[[], None], repeat: int) -> float:
@@ -47,7 +51,7 @@ def measure(count: int = 100_000, repeat: int = 3, seed: int = 1) -> dict[str, A
     """Return the per-record CPU costs in µs (see the module docstring)."""
     evs = list(samples.generate_events(count, seed=seed, approved_ratio=0.5, distinct_instances=10_000,
                                        target_bytes=300))
-    values = [events.encode(e) for e in evs]
+    values = [encode(e) for e in evs]
     approved_events = [e for e in evs if transform.is_pushed(e)]
     n_approved = len(approved_events)
     del evs
@@ -78,7 +82,7 @@ def measure(count: int = 100_000, repeat: int = 3, seed: int = 1) -> dict[str, A
 
     def avro_encode() -> None:
         for e in sample_events:
-            events.encode(e)
+            encode(e)
 
     full_s = _best(full, repeat)
     return {

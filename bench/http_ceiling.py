@@ -46,9 +46,13 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from consumer import erp, events, samples, transform  # noqa: E402
+from consumer import decode as events  # noqa: E402
+from consumer import transform  # noqa: E402
+from consumer.devstack import samples  # noqa: E402
+from consumer.devstack.events import encode  # noqa: E402
+from consumer.erp import client as erp  # noqa: E402
+from consumer.erp.verdict import Outcome  # noqa: E402
 from consumer.settings import load_settings  # noqa: E402
-from consumer.verdict import Outcome  # noqa: E402
 
 TRANSPORTS = ("erp-client-async", "erp-client-threads", "httpx-threads", "httpx-thread-local", "httpx-async",
               "httpx-aiohttp", "aiohttp")
@@ -72,7 +76,7 @@ def make_bodies(count: int, seed: int = 1) -> list[tuple[bytes, str]]:
     out = []
     for event in samples.generate_events(count, seed=seed, approved_ratio=0.5, distinct_instances=10_000,
                                          target_bytes=300):
-        decoded = events.decode(events.encode(event))
+        decoded = events.decode(encode(event))
         if transform.is_pushed(decoded):
             out.append(transform.erp_request(decoded))
     return out

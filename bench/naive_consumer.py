@@ -27,8 +27,9 @@ from confluent_kafka import Consumer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from consumer import events, transform  # noqa: E402
-from consumer.verdict import Outcome, verdict  # noqa: E402
+from consumer import decode as events  # noqa: E402
+from consumer import transform  # noqa: E402
+from consumer.erp.verdict import Outcome, verdict  # noqa: E402
 
 
 def _cpu_s() -> float:

@@ -47,10 +47,10 @@ except ImportError:  # pragma: no cover - told to the user
 from confluent_kafka import Producer  # noqa: E402
 from http_ceiling import CEILING_TRANSPORT, DESCRIPTIONS, TRANSPORTS  # noqa: E402 - bench/http_ceiling.py
 
-from consumer import events  # noqa: E402
-from consumer.erp_stub import StubClient  # noqa: E402
-from consumer.samples import generate_events  # noqa: E402
-from tests.kafka_harness import Broker, committed, create_topic, free_port, start_broker  # noqa: E402
+from consumer.devstack.erp_stub import StubClient  # noqa: E402
+from consumer.devstack.events import encode  # noqa: E402
+from consumer.devstack.samples import generate_events  # noqa: E402
+from dev.harness import Broker, committed, create_topic, free_port, start_broker  # noqa: E402
 
 PY = sys.executable
 ERP_SYNC = str(Path(PY).parent / "erp-sync")
@@ -123,7 +123,7 @@ def produce_events(broker: Broker, topic: str, count: int, seed: int, keep_expec
                 expected.add(ident)
             if approved_at is not None:
                 callback = functools.partial(on_approved_delivery, ident)
-        value = events.encode(event)
+        value = encode(event)
         key = str(event["instance_id"]).encode()
         while True:
             try:

@@ -22,6 +22,7 @@ from confluent_kafka import KafkaException
 
 from . import __version__, logs
 from .errors import ConfigError
+from .kafka import error_text
 from .settings import Settings, load_settings, validate_kafka_config
 
 log = logging.getLogger("consumer.cli")
@@ -35,20 +36,20 @@ def _settings() -> Settings:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``erp-sync run``: consume and deliver until SIGTERM/SIGINT (or idle)."""
-    from . import pipeline
+    from . import app
 
     settings = _settings()
     if not settings.erp_url:
         raise ConfigError("ERP_SYNC_ERP_URL: required (the ERP endpoint, e.g. https://erp.example.com/apaas/push)")
     validate_kafka_config(settings)
     log.info("configuration: %s", json.dumps(settings.redacted()), extra={"event": "config"})
-    pipeline.exit_now(pipeline.run(settings, exit_when_idle_s=args.exit_when_idle))
+    app.exit_now(app.run(settings, exit_when_idle_s=args.exit_when_idle))
     return 1  # not reached
 
 
 def cmd_erp_stub(args: argparse.Namespace) -> int:
     """``erp-sync erp-stub``: serve the local ERP until SIGTERM/SIGINT."""
-    from . import erp_stub
+    from .devstack import erp_stub
 
     logs.setup("text" if sys.stderr.isatty() else "json", "INFO")
     erp_stub.main(port=args.port, host=args.host, latency_ms=args.latency_ms)
@@ -57,7 +58,7 @@ def cmd_erp_stub(args: argparse.Namespace) -> int:
 
 def cmd_produce_sample(args: argparse.Namespace) -> int:
     """``erp-sync produce-sample``: write sample events to the source topic."""
-    from . import samples
+    from .devstack import samples
 
     _settings()
     samples.main(count=args.count, seed=args.seed)
@@ -68,7 +69,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     """``erp-sync check-config``: validate everything a start would validate; print it redacted."""
     settings = load_settings()
     validate_kafka_config(settings)
-    from .erp import ErpClient
+    from .erp.client import ErpClient
 
     if settings.erp_url:
         ErpClient(settings, max_connections=1).close()  # TLS files, secret files
@@ -134,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate the configuration and print it with secrets redacted")
     check.set_defaults(func=cmd_check_config)
 
-    if importlib.util.find_spec("consumer.tools") is not None:
-        from . import tools
+    if importlib.util.find_spec("consumer.ops") is not None:
+        from . import ops as tools
 
         tools.register(sub)
     return parser
@@ -154,8 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `erp-sync check-config | head`
         return 0
     except (KafkaException, RuntimeError, OSError) as exc:  # broker down, topic missing…: say it, no traceback
-        detail = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
-        print(f"erp-sync {args.command}: error: {detail}", file=sys.stderr)
+        print(f"erp-sync {args.command}: error: {error_text(exc, name=False)}", file=sys.stderr)
         return 1
     return code
 

@@ -45,6 +45,18 @@ class ValidationError(RecordError):
     error_class = "validation"
 
 
+class ToolError(ErpSyncError):
+    """A runtime failure of an operations tool (exit code 1); the message says what failed and what to do."""
+
+    exit_code = 1
+
+
+class UsageError(ToolError):
+    """A bad option, or a state of the cluster that forbids the operation (exit code 2)."""
+
+    exit_code = 2
+
+
 class ErpRejectError(RecordError):
     """The ERP judged the record itself faulty (ERP-INTERFACE.md §6 *reject*, class ``erp``)."""
 

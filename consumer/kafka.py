@@ -1,6 +1,6 @@
 """Kafka wiring that is not delivery logic: clients, topic metadata, watermarks for lag.
 
-The consumer itself is driven by :mod:`consumer.pipeline`; this module builds clients from
+The consumer itself is driven by :mod:`consumer.delivery.pipeline`; this module builds clients from
 :class:`~consumer.settings.Settings` and reads what the lag metrics need without blocking the
 poll loop (a separate, group-less client queries high watermarks on its own thread).
 """
@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from confluent_kafka import IsolationLevel, TopicPartition
+from confluent_kafka import IsolationLevel, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, OffsetSpec, ResourceType
 
 from .settings import Settings
@@ -22,6 +22,17 @@ log = logging.getLogger(__name__)
 
 _PRODUCER_ONLY = ("acks", "enable.idempotence", "linger", "message.timeout", "message.max.bytes", "client.id",
                   "topic.metadata.propagation")
+
+
+def error_text(exc: BaseException, name: bool = True) -> str:
+    """One line for an error: ``NAME: description`` for a Kafka error, else ``str(exc)``.
+
+    ``name=False`` leaves out ``NAME: `` (the ``erp-sync`` command's own error lines).
+    """
+    arg: object = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else exc
+    if isinstance(arg, KafkaError):
+        return f"{arg.name()}: {arg.str()}" if name else arg.str()
+    return str(arg)
 
 
 def admin_client(settings: Settings) -> AdminClient:

@@ -25,7 +25,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import REGISTRY
 
-from . import __version__, avro_v1
+from . import __version__
+from .decode import avro_v1
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .erp.verdict import DEFAULT_RETRY_CODES
 from .errors import ConfigError
-from .verdict import DEFAULT_RETRY_CODES
 
 ENV_PREFIX = "ERP_SYNC_"
 KAFKA_PREFIX = ENV_PREFIX + "KAFKA_"

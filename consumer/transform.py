@@ -26,13 +26,13 @@ from typing import Any
 
 import orjson
 
+from .decode.schema import VARIABLE_TYPES as _SCHEMA_VARIABLE_TYPES
 from .errors import ValidationError
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-VARIABLE_TYPES = frozenset(
-    {"object", "objectList", "boolean", "string", "integer", "long", "double", "jsonSchema"}
-)
+VARIABLE_TYPES = frozenset(_SCHEMA_VARIABLE_TYPES)
+"""The ``VariableType`` symbols of the v1 schema (:data:`consumer.decode.schema.VARIABLE_TYPES`), as a set."""
 PUSHED_STATUS = "APPROVED"
 
 
@@ -249,7 +249,7 @@ def to_erp_body(event: Mapping[str, Any]) -> dict[str, Any]:
     """Map a decoded event to the ERP request body (EVENT-CONTRACT.md "Mapping to the ERP body").
 
     Args:
-        event: a decoded v1 event (see :func:`consumer.events.decode`).
+        event: a decoded v1 event (see :func:`consumer.decode.decode`).
 
     Returns:
         The body as a dict in the spec's key order, ready for :func:`encode_body`.

@@ -15,7 +15,7 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 stamp="$VENV/.erp-sync-installed"
 # pyproject.toml and the modules mypyc compiles at install time (a changed source needs a rebuild)
-want="$(cat "$ROOT/pyproject.toml" "$ROOT/consumer/avro_v1.py" | sha256sum | cut -d' ' -f1)"
+want="$(cat "$ROOT/pyproject.toml" "$ROOT/consumer/decode/avro_v1.py" | sha256sum | cut -d' ' -f1)"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   say "installing apaas-erp-sync and its test dependencies into $VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip

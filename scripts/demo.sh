@@ -26,17 +26,17 @@ RUN_DIR="$(mktemp -d)"
 cleanup() {
   if [[ "${KEEP_RUNNING:-0}" == "1" ]]; then
     echo "KEEP_RUNNING=1: Kafka on 127.0.0.1:$KAFKA_PORT and the ERP stub (pid ${STUB_PID:-?}) keep running."
-    echo "  stop them: kill ${STUB_PID:-<stub pid>}; KAFKA_PORT=$KAFKA_PORT KAFKA_DATA_DIR=$KAFKA_DATA_DIR deploy/local/kafka.sh stop"
+    echo "  stop them: kill ${STUB_PID:-<stub pid>}; KAFKA_PORT=$KAFKA_PORT KAFKA_DATA_DIR=$KAFKA_DATA_DIR dev/kafka.sh stop"
     return
   fi
   [[ -n "${STUB_PID:-}" ]] && kill "$STUB_PID" 2>/dev/null || true
-  bash deploy/local/kafka.sh stop >/dev/null 2>&1 || true
+  bash dev/kafka.sh stop >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
 step "1/6 Kafka (single-node KRaft on 127.0.0.1:$KAFKA_PORT, fresh data)"
-bash deploy/local/kafka.sh wipe >/dev/null 2>&1 || true
-bash deploy/local/kafka.sh start
+bash dev/kafka.sh wipe >/dev/null 2>&1 || true
+bash dev/kafka.sh start
 
 step "2/6 topics"
 erp-sync create-topics --partitions 3
@@ -59,6 +59,6 @@ erp-sync run --exit-when-idle 3 2>&1 | tee "$RUN_DIR/consumer.log" | grep -v -E 
 [[ "${PIPESTATUS[0]}" == "0" ]] || { echo "erp-sync run failed"; exit 1; }
 
 step "6/6 what happened"
-python -m consumer.report --stub "http://127.0.0.1:$STUB_PORT"
+python -m consumer.devstack.report --stub "http://127.0.0.1:$STUB_PORT"
 echo
 echo "logs: $RUN_DIR   (KEEP_RUNNING=1 scripts/demo.sh leaves Kafka on :$KAFKA_PORT and the stub up)"

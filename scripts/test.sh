@@ -9,8 +9,8 @@ cd "$ROOT"
 bash scripts/bootstrap.sh --with-tools
 VENV="${ERP_SYNC_VENV:-$ROOT/.venv}"
 export PATH="$VENV/bin:$PATH"
-bash deploy/local/kafka.sh fetch >/dev/null   # cached Kafka jars (Maven Central), before timing starts
-echo "== ruff"; ruff check consumer tests bench
+bash dev/kafka.sh fetch >/dev/null   # cached Kafka jars (Maven Central), before timing starts
+echo "== ruff"; ruff check consumer tests bench dev
 echo "== mypy"; mypy
 echo "== pytest"
 exec python -m pytest -p no:cacheprovider "$@"

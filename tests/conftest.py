@@ -1,7 +1,7 @@
 """Shared fixtures: one real Kafka broker per test session, a real HTTP ERP stub per test.
 
 ``KAFKA_BOOTSTRAP_SERVERS`` set → the tests use that cluster; otherwise they start a single-node
-KRaft broker from the Apache Kafka jars (``deploy/local/kafka.sh``) on a free port with a fresh
+KRaft broker from the Apache Kafka jars (``dev/kafka.sh``) on a free port with a fresh
 data directory, and stop it at the end.
 """
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from consumer.erp_stub import ErpStub, StubClient
-from tests.kafka_harness import Broker, ConsumerProcess, start_broker
+from consumer.devstack.erp_stub import ErpStub, StubClient
+from dev.harness import Broker, ConsumerProcess, start_broker
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +30,7 @@ def broker() -> Iterator[Broker]:
 
 @pytest.fixture
 def erp() -> Iterator[ErpStub]:
-    """A real HTTP ERP stub on a free port (see consumer/erp_stub.py)."""
+    """A real HTTP ERP stub on a free port (see consumer/devstack/erp_stub.py)."""
     stub = ErpStub()
     stub.start()
     try:

@@ -1,0 +1,195 @@
+"""The dead-letter topic: records that can never be delivered, with the reason in headers.
+
+A dead letter keeps the original key and value bytes unchanged and the original headers, and adds
+(issue "main job", dead letters):
+
+``erp_sync.original.topic`` / ``.partition`` / ``.offset`` / ``.timestamp`` (ms),
+``erp_sync.error.class`` (``decode`` | ``validation`` | ``erp``), ``erp_sync.error.code``,
+``erp_sync.error.message``, ``erp_sync.attempts`` and, when the ERP gave one,
+``erp_sync.erp.request_id``. Header values are UTF-8 text.
+
+The source offset is committed only after the broker confirmed the dead letter (``acks=all``).
+When the dead-letter topic cannot be written (missing with auto-create off, message too large,
+no permission), the writer logs the broker's error and tries again with exponential backoff
+(1 s → 60 s), forever: the source offset stays uncommitted and nothing is lost;
+``erp_sync_dead_letters_pending`` and the ``ErpSyncDeadLettersPending`` alert make it visible.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from ..errors import ErpRejectError, RecordError
+
+log = logging.getLogger(__name__)
+
+H_TOPIC = "erp_sync.original.topic"
+H_PARTITION = "erp_sync.original.partition"
+H_OFFSET = "erp_sync.original.offset"
+H_TIMESTAMP = "erp_sync.original.timestamp"
+H_CLASS = "erp_sync.error.class"
+H_CODE = "erp_sync.error.code"
+H_MESSAGE = "erp_sync.error.message"
+H_ATTEMPTS = "erp_sync.attempts"
+H_REQUEST_ID = "erp_sync.erp.request_id"
+
+RETRY_INITIAL_S = 1.0
+RETRY_MAX_S = 60.0
+FAILURE_LOG_EVERY_S = 30.0
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """One dead letter and what to do once the broker confirmed it.
+
+    Attributes:
+        topic, partition, offset, timestamp_ms: where the original record was.
+        key, value: the original bytes (None stays None).
+        headers: the headers to write (original ones, then ours).
+        error: why it is dead.
+        attempts: ERP attempts made (0 for decode/validation).
+        on_done: called once, in the poll loop's thread, after the broker's acknowledgement.
+        cancelled: when it returns True a failed dead letter is not retried (its partition was
+            revoked: the new owner writes it).
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]]
+    error: RecordError
+    attempts: int
+    on_done: Callable[[DeadLetter], None]
+    cancelled: Callable[[], bool] | None = None
+    failures: int = 0
+    last_error: str = field(default="")
+
+
+def build_headers(msg: Message, error: RecordError, attempts: int) -> list[tuple[str, bytes | None]]:
+    """The dead letter's headers: the original ones, then the ``erp_sync.*`` ones."""
+    ts_type, ts = msg.timestamp()
+    raw = msg.headers() or []
+    original: list[tuple[str, Any]] = list(raw.items() if isinstance(raw, dict) else raw)
+    headers: list[tuple[str, bytes | None]] = [
+        (k, v.encode() if isinstance(v, str) else v) for k, v in original  # a null value stays null
+    ]
+    headers += [
+        (H_TOPIC, str(msg.topic()).encode()),
+        (H_PARTITION, str(msg.partition()).encode()),
+        (H_OFFSET, str(msg.offset()).encode()),
+        (H_TIMESTAMP, str(ts if ts_type else -1).encode()),
+        (H_CLASS, error.error_class.encode()),
+        (H_CODE, error.code.encode()),
+        (H_MESSAGE, error.message.encode("utf-8", "replace")),
+        (H_ATTEMPTS, str(attempts).encode()),
+    ]
+    if isinstance(error, ErpRejectError) and error.request_id:
+        headers.append((H_REQUEST_ID, error.request_id.encode("utf-8", "replace")))
+    return headers
+
+
+class DeadLetterWriter:
+    """Writes dead letters and retries them until the broker confirms. Poll-loop thread only.
+
+    Args:
+        producer_config: librdkafka producer configuration (``acks=all`` recommended).
+        topic: the dead-letter topic.
+        on_confirmed: called with each confirmed dead letter (metrics, logs).
+    """
+
+    def __init__(self, producer_config: dict[str, Any], topic: str,
+                 on_confirmed: Callable[[DeadLetter], None] | None = None) -> None:
+        self.topic = topic
+        self._producer = Producer(producer_config)
+        self._on_confirmed = on_confirmed
+        self._waiting: set[int] = set()
+        self._retry_heap: list[tuple[float, int, DeadLetter]] = []
+        self._seq = itertools.count()
+        self._last_log: dict[str, tuple[float, int]] = {}
+        self.pending = 0
+
+    def send(self, msg: Message, error: RecordError, attempts: int,
+             on_done: Callable[[DeadLetter], None], cancelled: Callable[[], bool] | None = None) -> DeadLetter:
+        """Queue a dead letter for ``msg``; ``on_done`` runs after the broker confirmed it."""
+        ts_type, ts = msg.timestamp()
+        letter = DeadLetter(str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0),
+                            ts if ts_type else -1, msg.key(), msg.value(),
+                            build_headers(msg, error, attempts), error, attempts, on_done, cancelled)
+        self.pending += 1
+        self._produce(letter)
+        return letter
+
+    def _produce(self, letter: DeadLetter) -> None:
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            if err is None:
+                self.pending -= 1
+                if letter.failures:
+                    log.info("dead letter written after %d failed attempts", letter.failures,
+                             extra=_fields(letter, event="dead_letter_recovered"))
+                letter.on_done(letter)
+                if self._on_confirmed is not None:
+                    self._on_confirmed(letter)
+            else:
+                self._failed(letter, f"{err.name()}: {err.str()}")
+
+        try:
+            self._producer.produce(self.topic, key=letter.key, value=letter.value,
+                                   headers=list(letter.headers), on_delivery=delivered)
+        except BufferError:
+            self._failed(letter, "local producer queue is full")
+        except Exception as exc:  # KafkaException (e.g. message larger than message.max.bytes)
+            self._failed(letter, f"{type(exc).__name__}: {exc}")
+
+    def _failed(self, letter: DeadLetter, reason: str) -> None:
+        letter.failures += 1
+        letter.last_error = reason
+        delay = min(RETRY_MAX_S, RETRY_INITIAL_S * 2 ** min(letter.failures - 1, 10))
+        now = time.monotonic()
+        last, suppressed = self._last_log.get(reason, (-1e18, 0))
+        if now - last >= FAILURE_LOG_EVERY_S:  # one line per cause per period, not one per letter
+            self._last_log[reason] = (now, 0)
+            log.error("cannot write dead letter to %s (%s); source offset stays uncommitted; retry in %.0f s "
+                      "(%d dead letters pending, %d similar failures not logged)", self.topic, reason, delay,
+                      self.pending, suppressed, extra=_fields(letter, event="dead_letter_failed"))
+        else:
+            self._last_log[reason] = (last, suppressed + 1)
+        heapq.heappush(self._retry_heap, (time.monotonic() + delay, next(self._seq), letter))
+
+    def poll(self) -> None:
+        """Serve delivery callbacks and re-send dead letters whose retry time has come."""
+        self._producer.poll(0)
+        now = time.monotonic()
+        while self._retry_heap and self._retry_heap[0][0] <= now:
+            _, _, letter = heapq.heappop(self._retry_heap)
+            if letter.cancelled is not None and letter.cancelled():
+                self.pending -= 1  # partition revoked: its new owner dead-letters the record
+                continue
+            self._produce(letter)
+
+    def flush(self, timeout_s: float) -> int:
+        """Wait up to ``timeout_s`` seconds for outstanding dead letters; return how many remain."""
+        deadline = time.monotonic() + timeout_s
+        while self.pending and time.monotonic() < deadline:
+            self._producer.flush(min(0.2, max(0.0, deadline - time.monotonic())))
+            self.poll()
+        return self.pending
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Flush what can be flushed."""
+        self._producer.flush(timeout_s)
+
+
+def _fields(letter: DeadLetter, **extra: Any) -> dict[str, Any]:
+    return {"topic": letter.topic, "partition": letter.partition, "offset": letter.offset,
+            "error_class": letter.error.error_class, "error_code": letter.error.code, **extra}

@@ -1,0 +1,185 @@
+"""The ERP HTTP client: one POST per approved record, the verdict read from status and body.
+
+* Body: compact UTF-8 JSON; headers ``Content-Type: application/json; charset=utf-8`` and
+  ``Idempotency-Key: <FlowCode>-<InstanceId>`` (ERP-INTERFACE.md decision 5).
+* Authentication: an optional static header (``ERP_SYNC_ERP_AUTH_HEADER_NAME`` /
+  ``…_VALUE`` or ``…_VALUE_FILE``) and an optional HMAC-SHA256 signature header
+  ``X-Erp-Sync-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>``.
+* TLS is verified by default; ``ERP_SYNC_ERP_CA_BUNDLE`` adds a CA bundle and
+  ``ERP_SYNC_ERP_CLIENT_CERT``/``…_KEY`` a client certificate (mTLS).
+* The consumer pushes with :meth:`ErpClient.post_async`: an ``httpx.Request`` sent through the
+  aiohttp-backed transport of ``httpx-aiohttp`` (httpx's transport API), on the push event loop.
+  ``httpx.AsyncClient`` is not in that path: its per-request work (header and URL merging, cookie
+  extraction into a jar, auth and redirect flows) serves none of a single-endpoint POST that sets
+  its own headers and never follows redirects, and it was about a third of the consumer's CPU.
+  Transports compared in ``bench/http_ceiling.py`` (2 cores, 32 in flight, ERP latency 0); the
+  tools (``replay``, ``dlq replay``) use the synchronous :meth:`ErpClient.post` (``httpx.Client``).
+* A request that fails on a pooled connection the ERP already closed is re-sent once at once on a
+  fresh connection; keep-alive connections idle for more than ``KEEPALIVE_EXPIRY_S`` are dropped
+  before the ERP's idle timeout can race us.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import httpx
+
+from .. import __version__
+from ..errors import ConfigError
+from ..settings import Settings
+from .auth import sign, tls_context
+from .verdict import Verdict, transport_verdict, verdict
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE_EXPIRY_S = 4.0
+"""Idle pooled connections are closed after this many seconds (below common 5 s server timeouts)."""
+
+_STALE_CONNECTION_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
+def _stale_connection(exc: BaseException) -> bool:
+    """True when a request failed because the ERP had closed the pooled connection we used."""
+    import aiohttp
+
+    cause = exc.__cause__
+    return isinstance(exc, _STALE_CONNECTION_ERRORS) or isinstance(
+        cause, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError)
+
+
+def _aiohttp_error(exc: httpx.HTTPError) -> httpx.HTTPError:
+    """Undo a misnaming of httpx-aiohttp: it maps a refused connection to ``ConnectTimeout``.
+
+    Its exception map matches ``aiohttp.ClientConnectorError`` (refused, DNS, unreachable) against
+    ``ClientConnectionError`` first; the error code an operator sees (logs, the ``code`` label of
+    ``erp_sync_erp_requests_total``) must say ``ConnectError``, as the sync path does, not ``Timeout``.
+    """
+    import aiohttp
+
+    cause = exc.__cause__
+    if (isinstance(exc, httpx.ConnectTimeout) and isinstance(cause, aiohttp.ClientConnectorError)
+            and not isinstance(cause, aiohttp.ServerTimeoutError | TimeoutError)):
+        return httpx.ConnectError(str(exc))
+    return exc
+
+
+class ErpClient:
+    """Posts bodies to the ERP and returns verdicts; never raises for a failed request.
+
+    Args:
+        settings: ``erp_url`` (required), timeouts, TLS, auth, retry and duplicate code lists.
+        max_connections: size of the connection pool (the number of worker threads).
+
+    Raises:
+        ConfigError: no ERP URL, or a TLS file or secret file cannot be read.
+    """
+
+    def __init__(self, settings: Settings, max_connections: int = 32) -> None:
+        if not settings.erp_url:
+            raise ConfigError("ERP_SYNC_ERP_URL: required (the ERP endpoint, e.g. https://erp.example.com/apaas/push)")
+        self.url = settings.erp_url
+        self.retry_codes = settings.erp_retry_codes
+        self.duplicate_codes = settings.erp_duplicate_codes
+        self.retry_statuses = settings.retry_http_statuses
+        self._hmac_secret = settings.hmac_secret()
+        self._signature_header = settings.erp_signature_header
+        headers = {
+            "Content-Type": "application/json; charset=utf-8",
+            "Accept": "application/json",
+            "User-Agent": f"apaas-erp-sync/{__version__}",
+        }
+        auth = settings.auth_header_value()
+        if auth:
+            headers[settings.erp_auth_header_name] = auth
+        if self.url.startswith("http://"):
+            log.warning("ERP_SYNC_ERP_URL uses plain http://: bodies and credentials travel unencrypted",
+                        extra={"event": "insecure_erp_url"})
+        if not settings.erp_tls_verify:
+            log.warning("ERP_SYNC_ERP_TLS_VERIFY=false: the ERP's certificate is NOT verified",
+                        extra={"event": "tls_verify_off"})
+        self._headers = headers
+        self._timeout = httpx.Timeout(settings.erp_timeout_seconds)
+        self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
+                                    keepalive_expiry=KEEPALIVE_EXPIRY_S)
+        self._verify = tls_context(settings)
+        self._client = httpx.Client(headers=headers, timeout=self._timeout, limits=self._limits,
+                                     verify=self._verify, follow_redirects=False)
+        self._url = httpx.URL(self.url)
+        self._async: httpx.AsyncBaseTransport | None = None
+        self._timeout_dict = self._timeout.as_dict()
+
+    def _request_headers(self, body: bytes, idempotency_key: str) -> dict[str, str]:
+        headers = {"Idempotency-Key": idempotency_key}
+        if self._hmac_secret is not None:
+            headers[self._signature_header] = sign(self._hmac_secret, int(time.time()), body)
+        return headers
+
+    def _verdict(self, response: httpx.Response) -> Verdict:
+        return verdict(response.status_code, response.headers, response.content,
+                       retry_codes=self.retry_codes, duplicate_codes=self.duplicate_codes,
+                       retry_statuses=self.retry_statuses)
+
+    async def post_async(self, body: bytes, idempotency_key: str) -> Verdict:
+        """Like :meth:`post`, on the push event loop, over an aiohttp-backed httpx transport.
+
+        The first call must happen on the loop that makes every later call (aiohttp's session
+        belongs to one event loop).
+        """
+        if self._async is None:
+            from httpx_aiohttp import AiohttpTransport
+
+            self._async = AiohttpTransport(verify=self._verify, limits=self._limits, trust_env=False)
+        headers = {**self._headers, **self._request_headers(body, idempotency_key)}
+        for attempt in (1, 2):
+            try:
+                request = httpx.Request("POST", self._url, headers=headers, content=body,
+                                        extensions={"timeout": self._timeout_dict})
+                response = await self._async.handle_async_request(request)
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
+            except httpx.HTTPError as exc:
+                if attempt == 1 and _stale_connection(exc):
+                    continue  # the ERP closed a pooled keep-alive connection: once more, fresh
+                return transport_verdict(_aiohttp_error(exc))
+            except Exception as exc:  # aiohttp/ssl oddities must never escape a push
+                return transport_verdict(exc)
+            return self._verdict(response)
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        """Close the async connection pool (on the push event loop)."""
+        if self._async is not None:
+            await self._async.aclose()
+
+    def post(self, body: bytes, idempotency_key: str) -> Verdict:
+        """Send one push (one attempt, plus one immediate re-send on a stale pooled connection).
+
+        Args:
+            body: the encoded ERP body.
+            idempotency_key: ``"<FlowCode>-<InstanceId>"``.
+
+        Returns:
+            The verdict; transport failures are *retry* verdicts named after the error.
+        """
+        headers = self._request_headers(body, idempotency_key)
+        for attempt in (1, 2):
+            try:
+                response = self._client.post(self.url, content=body, headers=headers)
+            except _STALE_CONNECTION_ERRORS as exc:
+                if attempt == 1:
+                    continue  # the ERP closed a pooled keep-alive connection: once more, fresh
+                return transport_verdict(exc)
+            except httpx.HTTPError as exc:
+                return transport_verdict(exc)
+            except Exception as exc:  # h11/ssl oddities must never escape a worker
+                return transport_verdict(exc)
+            return self._verdict(response)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()

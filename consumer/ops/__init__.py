@@ -1,0 +1,103 @@
+"""Operations tools: ``status``, ``reset-offsets``, ``replay`` and ``dlq replay`` (issue 4).
+
+``status``          per partition of the topic: the group's committed offset, the high watermark, the
+                    lag (messages) and lag seconds, the owner; the group's state and members
+``reset-offsets``   move the group's committed offsets (a dry run unless ``--execute``): the topic replay
+``replay``          re-push a time window (or chosen instances) without touching the group's offsets
+``dlq replay``      re-push dead letters; those that fail again go back to the dead-letter topic
+
+No tool joins the consumer group. Records are read with ``assign()`` by a client whose group id is
+never committed to; only ``dlq replay`` commits, to its own group ``<group>.dlq-replay``, to remember
+which dead letters it already replayed. Every tool reads the same configuration as ``erp-sync run``
+(``ERP_SYNC_*`` variables, ``ERP_SYNC_CONFIG_FILE``).
+
+Exit codes: 0 success; 1 runtime failure (Kafka unreachable, a record that could not be delivered);
+2 usage or configuration error (bad option, unknown partition or topic, group still active).
+"""
+
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from confluent_kafka import KafkaException
+
+from ..errors import ToolError
+from ..kafka import error_text
+from .dlq_replay import DLQ_REPLAY_HELP, cmd_dlq_replay
+from .replay import REPLAY_HELP, cmd_replay
+from .reset import RESET_HELP, cmd_reset_offsets
+from .status import STATUS_HELP, cmd_status
+
+
+def _guarded(name: str, func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Wrap a command: print tool and Kafka errors as one clear line and return their exit code.
+
+    :class:`~consumer.errors.ConfigError` is left to ``erp-sync``'s ``main`` (exit code 2).
+    """
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except ToolError as exc:
+            print(f"erp-sync {name}: error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        except KafkaException as exc:
+            print(f"erp-sync {name}: Kafka error: {error_text(exc)}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``status``, ``reset-offsets``, ``replay`` and ``dlq replay`` to ``erp-sync``'s subcommands.
+
+    Args:
+        subparsers: the ``add_subparsers()`` action of the ``erp-sync`` parser.
+    """
+    raw = argparse.RawDescriptionHelpFormatter
+
+    status = subparsers.add_parser("status", help="per-partition offsets, lag and lag seconds; group members",
+                                   description=STATUS_HELP, formatter_class=raw)
+    status.add_argument("--json", action="store_true", help="print a JSON document instead of tables")
+    status.set_defaults(func=_guarded("status", cmd_status))
+
+    reset = subparsers.add_parser("reset-offsets", help="move the group's committed offsets (topic replay)",
+                                  description=RESET_HELP, formatter_class=raw)
+    target = reset.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to-earliest", action="store_true", help="to the low watermark (re-read everything)")
+    target.add_argument("--to-latest", action="store_true", help="to the high watermark (skip everything)")
+    target.add_argument("--to-datetime", metavar="ISO8601",
+                        help="to the first record at or after this time (no time zone: UTC)")
+    target.add_argument("--to-offset", type=int, metavar="N", help="to offset N on every chosen partition")
+    target.add_argument("--shift-by", type=int, metavar="N",
+                        help="move by N records (negative: back, to re-read them)")
+    reset.add_argument("--partitions", metavar="0,2", help="only these partitions (default: all)")
+    reset.add_argument("--execute", action="store_true", help="apply the new offsets (default: dry run)")
+    reset.set_defaults(func=_guarded("reset-offsets", cmd_reset_offsets))
+
+    replay = subparsers.add_parser("replay", help="re-push a time window without touching the group's offsets",
+                                   description=REPLAY_HELP, formatter_class=raw)
+    replay.add_argument("--from", dest="from_", required=True, metavar="ISO8601",
+                        help="window start, included (Kafka record timestamp)")
+    replay.add_argument("--to", required=True, metavar="ISO8601", help="window end, excluded")
+    replay.add_argument("--instance-id", type=int, action="append", metavar="N",
+                        help="only this InstanceId (repeat for more)")
+    replay.add_argument("--dry-run", action="store_true",
+                        help="print what would be pushed (InstanceId, Idempotency-Key); send nothing")
+    replay.set_defaults(func=_guarded("replay", cmd_replay))
+
+    dlq = subparsers.add_parser("dlq", help="dead-letter topic tools (dlq replay)",
+                                description="Tools for the dead-letter topic.")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="{replay}")
+    dlq_replay = dlq_sub.add_parser("replay", help="re-push dead letters; failures go back to the DLQ",
+                                    description=DLQ_REPLAY_HELP, formatter_class=raw)
+    dlq_replay.add_argument("--dry-run", action="store_true",
+                            help="print what would be pushed; push, write and commit nothing")
+    dlq_replay.add_argument("--class", dest="error_class", choices=("decode", "validation", "erp"),
+                            help="only dead letters of this class (erp_sync.error.class)")
+    dlq_replay.add_argument("--limit", type=int, metavar="N", help="replay at most N dead letters")
+    dlq_replay.set_defaults(func=_guarded("dlq replay", cmd_dlq_replay))
+

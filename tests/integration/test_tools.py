@@ -1,0 +1,562 @@
+"""The operations tools (consumer/ops/) against a real broker, a real ERP stub and `erp-sync run`.
+
+Each test has its own topic and group. Tools run in-process through ``consumer.cli.main`` (with the
+environment of ``erp-sync run``); the consumer runs as a subprocess (``erp-sync run``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import re
+import signal
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+from confluent_kafka import Producer
+
+from consumer import cli, transform
+from consumer.delivery.dead_letters import H_ATTEMPTS, H_CLASS, H_CODE, H_OFFSET, H_PARTITION, H_TOPIC
+from consumer.devstack.events import encode, spec_example_event
+from dev.harness import (
+    Broker,
+    committed,
+    consumer_env,
+    create_topic,
+    header_map,
+    high_watermarks,
+    read_all,
+    run_until_idle,
+    start_consumer,
+    unique,
+)
+
+FLOW = spec_example_event()["flow_code"]
+REJECT = {"code": "InvalidParameterValue.Budget", "message": "budget exceeded"}
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def event(instance_id: int, status: str = "APPROVED") -> dict[str, Any]:
+    e = spec_example_event()
+    e["instance_id"] = instance_id
+    e["status"] = status
+    return e
+
+
+def value(instance_id: int, status: str = "APPROVED") -> bytes:
+    return encode(event(instance_id, status))
+
+
+def key(instance_id: int) -> str:
+    return f"{FLOW}-{instance_id}"
+
+
+def body(instance_id: int) -> str:
+    return transform.erp_request(event(instance_id))[0].decode()
+
+
+def iso(ms: int, tz: str = "Z") -> str:
+    text = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", tz)
+
+
+def produce_at(broker: Broker, topic: str, items: Sequence[tuple[int, bytes | None, bytes | None, int]],
+               headers: list[tuple[str, bytes]] | None = None) -> None:
+    """Write ``(partition, key, value, timestamp ms)`` records with explicit CreateTime timestamps."""
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 0})
+    errors: list[Any] = []
+    for partition, k, v, ts in items:
+        producer.produce(topic, key=k, value=v, partition=partition, timestamp=ts, headers=headers or [],
+                         on_delivery=lambda err, _m: errors.append(err) if err else None)
+    assert producer.flush(30) == 0 and not errors, errors
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@dataclass
+class Env:
+    broker: Broker
+    topic: str
+    group: str
+    env: dict[str, str]
+    tmp: Path
+    partitions: int
+
+    def tool(self, *argv: str) -> Result:
+        """Run ``erp-sync <argv>`` in this process with the consumer's environment."""
+        out, err = io.StringIO(), io.StringIO()
+        root = logging.getLogger()
+        saved = root.handlers[:], root.level
+        try:
+            with mock.patch.dict(os.environ, self.env, clear=True), contextlib.redirect_stdout(out), \
+                    contextlib.redirect_stderr(err):
+                try:
+                    code = cli.main(list(argv))
+                except SystemExit as exc:  # argparse
+                    code = int(exc.code or 0)
+        finally:
+            root.handlers[:], root.level = saved[0], saved[1]
+        return Result(code, out.getvalue(), err.getvalue())
+
+    def status(self) -> dict[str, Any]:
+        r = self.tool("status", "--json")
+        assert r.code == 0, r.err
+        doc: dict[str, Any] = json.loads(r.out)
+        return doc
+
+    def run(self) -> None:
+        run_until_idle(self.env, self.tmp / "consumer.log", idle_s=0.5, timeout=60)
+
+    def committed(self) -> dict[int, int]:
+        return committed(self.broker, self.group, self.topic, self.partitions)
+
+
+def setup(broker: Broker, erp: Any, tmp_path: Path, partitions: int, dlq: bool = False) -> Env:
+    topic = create_topic(broker, unique("tools"), partitions)
+    if dlq:
+        create_topic(broker, topic + ".dlq", 1)
+    group = unique("tools-group")
+    env = consumer_env(broker, topic, group, erp.url, ERP_SYNC_LOG_LEVEL="WARNING")
+    return Env(broker, topic, group, env, tmp_path, partitions)
+
+
+def table_rows(text: str, first: str) -> list[list[str]]:
+    """Rows of the table whose header starts with ``first``, cells split on 2+ spaces."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(first))
+    rows = []
+    for line in lines[start + 1:]:
+        if not line.strip() or line.startswith(("Total:", "Held:", "Stopped", "Interrupted", "(")):
+            break
+        rows.append(re.split(r"\s{2,}", line.strip()))
+    return rows
+
+
+RESET_ROW = re.compile(r"^\s*(\d+)\s+(-|\d+)\s+→\s+(\d+)\s+(.*)$")
+
+
+def reset_rows(text: str) -> dict[int, tuple[str, int, str]]:
+    """``{partition: (current, new, change)}`` from a reset-offsets plan."""
+    rows = {}
+    for line in text.splitlines():
+        m = RESET_ROW.match(line)
+        if m:
+            rows[int(m.group(1))] = (m.group(2), int(m.group(3)), m.group(4))
+    return rows
+
+
+def requests(erp: Any) -> list[dict[str, Any]]:
+    with erp.client() as c:
+        records: list[dict[str, Any]] = c.requests()
+        return records
+
+
+def set_behaviour(erp: Any, **fields: Any) -> None:
+    with erp.client() as c:
+        c.behaviour(**fields)
+
+
+# ------------------------------------------------------------------------------------------------ status
+
+
+@pytest.mark.kafka
+def test_status_table_and_json_after_a_run_and_with_new_records(broker: Broker, erp: Any, tmp_path: Path) -> None:
+    t = setup(broker, erp, tmp_path, partitions=2)
+    now = int(time.time() * 1000)
+    produce_at(broker, t.topic, [(0, b"1", value(1), now), (0, b"2", value(2), now),
+                                 (0, b"3", value(3, "REJECTED"), now), (1, b"4", value(4), now),
+                                 (1, b"5", value(5), now)])
+    t.run()
+
+    doc = t.status()
+    assert doc["topic"] == t.topic and doc["group"] == t.group
+    assert doc["state"] == "Empty" and doc["members"] == []
+    assert doc["partitions"] == [
+        {"partition": 0, "committed": 3, "low": 0, "high": 3, "lag": 0, "lag_seconds": 0.0, "owner": None},
+        {"partition": 1, "committed": 2, "low": 0, "high": 2, "lag": 0, "lag_seconds": 0.0, "owner": None},
+    ]
+    assert doc["total_lag"] == 0 and doc["max_lag_seconds"] == 0.0
+    text = t.tool("status")
+    assert text.code == 0
+    assert text.out.splitlines()[0] == f"Topic {t.topic}, group {t.group}: state Empty, 0 active members"
+    assert table_rows(text.out, "PARTITION") == [["0", "3", "3", "0", "0.0", "-"], ["1", "2", "2", "0", "0.0", "-"],
+                                                 ["total", "0", "0.0"]]
+    assert "No active members." in text.out
+
+    produced_at = time.time()
+    produce_at(broker, t.topic, [(1, b"6", value(6), int(produced_at * 1000)),
+                                 (1, b"7", value(7), int(produced_at * 1000)),
+                                 (1, b"8", value(8), int(produced_at * 1000))])
+    time.sleep(0.3)
+    doc = t.status()
+    checked_at = time.time()
+    p0, p1 = doc["partitions"]
+    assert p0 == {"partition": 0, "committed": 3, "low": 0, "high": 3, "lag": 0, "lag_seconds": 0.0, "owner": None}
+    assert (p1["committed"], p1["high"], p1["lag"]) == (2, 5, 3)
+    assert 0.3 <= p1["lag_seconds"] <= checked_at - produced_at + 0.01
+    assert doc["total_lag"] == 3 and doc["max_lag_seconds"] == p1["lag_seconds"]
+    rows = table_rows(t.tool("status").out, "PARTITION")
+    assert rows[1][:4] == ["1", "2", "5", "3"] and float(rows[1][4]) >= 0.3 and rows[1][5] == "-"
+    assert rows[2][:2] == ["total", "3"]
+    assert t.committed() == {0: 3, 1: 2}  # status reads only
+
+
+# ------------------------------------------------------------------------------------------------ reset-offsets
+
+
+@pytest.mark.kafka
+def test_reset_offsets_dry_run_execute_partitions_shift_and_datetime(broker: Broker, erp: Any,
+                                                                    tmp_path: Path) -> None:
+    t = setup(broker, erp, tmp_path, partitions=2)
+    t0 = (int(time.time()) - 600) * 1000
+    produce_at(broker, t.topic, [(0, str(i).encode(), value(i), t0 + i * 1000) for i in range(5)]
+               + [(1, str(10 + i).encode(), value(10 + i), t0 + i * 1000) for i in range(3)])
+    # a group that never committed: it would start at the low watermark (auto.offset.reset=earliest)
+    fresh = t.tool("reset-offsets", "--to-latest")
+    assert fresh.code == 0, fresh.err
+    assert reset_rows(fresh.out) == {
+        0: ("-", 5, "5 records will be skipped (never pushed); no committed offset: the group would start at 0"),
+        1: ("-", 3, "3 records will be skipped (never pushed); no committed offset: the group would start at 0"),
+    }
+    assert t.committed() == {0: -1001, 1: -1001}
+    r = t.tool("reset-offsets", "--to-latest", "--execute")
+    assert r.code == 0, r.err
+    assert f"Applied: group {t.group} now has committed offsets 0:5, 1:3 (partition:offset)." in r.out
+    assert t.committed() == {0: 5, 1: 3}
+
+    dry = t.tool("reset-offsets", "--to-earliest")
+    assert dry.code == 0, dry.err
+    assert reset_rows(dry.out) == {0: ("5", 0, "5 records will be re-read (approved ones pushed again)"),
+                                   1: ("3", 0, "3 records will be re-read (approved ones pushed again)")}
+    assert "Total: 8 records will be re-read, 0 skipped." in dry.out
+    assert "Dry run: nothing was changed. Add --execute to apply." in dry.out
+    assert t.committed() == {0: 5, 1: 3}
+
+    r = t.tool("reset-offsets", "--to-offset", "2", "--partitions", "0", "--execute")
+    assert r.code == 0, r.err
+    assert reset_rows(r.out) == {0: ("5", 2, "3 records will be re-read (approved ones pushed again)")}
+    assert f"Applied: group {t.group} now has committed offsets 0:2 (partition:offset)." in r.out
+    assert t.committed() == {0: 2, 1: 3}
+
+    r = t.tool("reset-offsets", "--shift-by", "-1", "--partitions", "1", "--execute")
+    assert r.code == 0, r.err
+    assert reset_rows(r.out) == {1: ("3", 2, "1 record will be re-read (approved ones pushed again)")}
+    assert t.committed() == {0: 2, 1: 2}
+
+    r = t.tool("reset-offsets", "--shift-by", "10")
+    assert r.code == 0, r.err
+    assert reset_rows(r.out) == {
+        0: ("2", 5, "3 records will be skipped (never pushed) (12 is above the high watermark: clamped to 5)"),
+        1: ("2", 3, "1 record will be skipped (never pushed) (12 is above the high watermark: clamped to 3)"),
+    }
+    assert t.committed() == {0: 2, 1: 2}
+
+    # first record at or after t0 + 2.5 s: partition 0 offset 3; partition 1 has none (→ its end, 3)
+    r = t.tool("reset-offsets", "--to-datetime", iso(t0 + 2500 + 2 * 3600_000, "+02:00"),
+               "--execute")
+    assert r.code == 0, r.err
+    assert reset_rows(r.out) == {
+        0: ("2", 3, "1 record will be skipped (never pushed)"),
+        1: ("2", 3, "1 record will be skipped (never pushed) (no record at or after that time: the end)"),
+    }
+    assert t.committed() == {0: 3, 1: 3}
+
+    naive = datetime.fromtimestamp((t0 + 1000) / 1000, UTC).replace(tzinfo=None).isoformat()
+    r = t.tool("reset-offsets", "--to-datetime", naive)
+    assert r.code == 0, r.err
+    assert f"note: --to-datetime {naive} has no time zone: read as UTC" in r.err
+    assert {p: row[:2] for p, row in reset_rows(r.out).items()} == {0: ("3", 1), 1: ("3", 1)}
+    assert t.committed() == {0: 3, 1: 3}
+
+    r = t.tool("reset-offsets", "--to-latest", "--execute")
+    assert r.code == 0, r.err
+    assert t.committed() == {0: 5, 1: 3}
+
+    bad = t.tool("reset-offsets", "--to-earliest", "--partitions", "0,7")
+    assert bad.code == 2 and f"topic {t.topic} has no partition 7 (it has 0,1)" in bad.err
+    bad = t.tool("reset-offsets", "--to-datetime", "yesterday")
+    assert bad.code == 2 and "not an ISO 8601 date-time" in bad.err
+    bad = t.tool("reset-offsets", "--to-offset", "-1")
+    assert bad.code == 2 and "--to-offset -1" in bad.err
+    assert t.tool("reset-offsets", "--execute").code == 2  # no target: argparse
+    assert t.committed() == {0: 5, 1: 3}
+
+
+@pytest.mark.kafka
+def test_reset_offsets_refused_while_a_consumer_is_running(broker: Broker, erp: Any, tmp_path: Path) -> None:
+    t = setup(broker, erp, tmp_path, partitions=1)
+    produce_at(broker, t.topic, [(0, b"1", value(1), int(time.time() * 1000))])
+    proc = start_consumer(t.env, tmp_path / "running.log")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            doc = t.status()
+            if doc["members"] and doc["partitions"][0]["committed"] == 1:
+                break
+            assert time.monotonic() < deadline, f"the consumer did not join: {doc}\n{proc.log()[-2000:]}"
+            time.sleep(0.2)
+        member = doc["members"][0]
+        assert doc["state"] == "Stable" and len(doc["members"]) == 1 and member["partitions"] == [0]
+        assert doc["partitions"][0]["owner"] == member["member_id"]
+        table = t.tool("status").out
+        assert "state Stable, 1 active member" in table
+        assert table_rows(table, "MEMBER ID") == [[member["member_id"], member["client_id"], member["host"], "0"]]
+
+        for argv in (("--to-earliest", "--execute"), ("--to-earliest",)):
+            r = t.tool("reset-offsets", *argv)
+            assert r.code == 2, r
+            assert f"group {t.group} has 1 active member (state Stable)" in r.err
+            assert (f"member {member['member_id']} (client {member['client_id']}, host {member['host']}, "
+                    "partitions 0)") in r.err
+            assert r.out == ""
+        assert t.committed() == {0: 1}
+    finally:
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+
+
+@pytest.mark.kafka
+def test_topic_replay_by_reset_re_pushes_every_approved_record_with_the_same_key_and_body(
+        broker: Broker, erp: Any, tmp_path: Path) -> None:
+    t = setup(broker, erp, tmp_path, partitions=2)
+    now = int(time.time() * 1000)
+    approved = [1, 2, 3, 4, 5]
+    produce_at(broker, t.topic, [(i % 2, str(i).encode(), value(i), now) for i in approved]
+               + [(0, b"6", value(6, "REJECTED"), now)])
+    t.run()
+    first = requests(erp)
+    assert sorted(r["idempotency_key"] for r in first) == [key(i) for i in approved]
+
+    r = t.tool("reset-offsets", "--to-earliest", "--execute")
+    assert r.code == 0, r.err
+    assert reset_rows(r.out) == {0: ("3", 0, "3 records will be re-read (approved ones pushed again)"),
+                                 1: ("3", 0, "3 records will be re-read (approved ones pushed again)")}
+    assert t.committed() == {0: 0, 1: 0}
+    t.run()
+
+    every = requests(erp)
+    assert len(every) == 10
+    second = every[len(first):]
+    assert Counter(r["idempotency_key"] for r in every) == {key(i): 2 for i in approved}
+    for i in approved:
+        pushes = [r for r in every if r["idempotency_key"] == key(i)]
+        assert [p["body"] for p in pushes] == [body(i), body(i)]
+        assert [p["headers"]["idempotency-key"] for p in pushes] == [key(i), key(i)]
+        assert [p["code"] for p in pushes] == ["OK", "OK"]
+    assert sorted(r["instance_id"] for r in second) == approved
+    assert t.committed() == high_watermarks(broker, t.topic, 2) == {0: 3, 1: 3}
+
+
+# ------------------------------------------------------------------------------------------------ replay
+
+
+@pytest.mark.kafka
+def test_replay_pushes_exactly_the_window_and_leaves_offsets_and_dlq_alone(broker: Broker, erp: Any,
+                                                                           tmp_path: Path) -> None:
+    t = setup(broker, erp, tmp_path, partitions=2, dlq=True)
+    t0 = (int(time.time()) - 600) * 1000
+    produce_at(broker, t.topic, [
+        (0, b"1", value(1), t0), (0, b"2", value(2), t0 + 1000), (0, b"3", value(3, "REJECTED"), t0 + 2000),
+        (0, b"4", value(4), t0 + 3000), (0, b"5", value(5), t0 + 4000),
+        (1, b"6", value(6), t0 + 500), (1, b"7", value(7), t0 + 1500), (1, b"9", value(9), t0 - 5000),
+        (1, b"8", value(8), t0 + 2500), (1, b"x", b"\x02garbage", t0 + 2700),
+    ])
+    t.run()
+    first = {r["idempotency_key"]: r["body"] for r in requests(erp)}
+    assert sorted(first) == sorted(key(i) for i in (1, 2, 4, 5, 6, 7, 8, 9))
+    offsets = t.committed()
+    assert offsets == {0: 5, 1: 5}
+    dlq_before = len(read_all(broker, t.topic + ".dlq"))
+    assert dlq_before == 1
+    with erp.client() as c:
+        c.clear()
+
+    r = t.tool("replay", "--from", iso(t0 + 1000), "--to", iso(t0 + 3000))
+    assert r.code == 1, r.err  # the undecodable record is a failure
+    pushed = requests(erp)
+    assert sorted(p["idempotency_key"] for p in pushed) == [key(2), key(7), key(8)]
+    for p in pushed:
+        assert p["body"] == first[p["idempotency_key"]] and p["code"] == "OK"
+        assert p["headers"]["idempotency-key"] == p["idempotency_key"]
+    lines = r.out.splitlines()
+    assert lines[1:9] == [
+        "  records scanned: 6",
+        "  outside the window: 1",
+        "  skipped (status not APPROVED): 1",
+        "  pushed: 3",
+        "  duplicates (ERP said already done): 0",
+        "  failed: 1",
+        "    partition 1 offset 4 instance ?: decode InvalidAvro: not a v1 WorkflowCompleted record: "
+        "status: index -49 outside [0, 5)",
+        "  (failed records were NOT written to the dead-letter topic)",
+    ]
+    assert "The group's committed offsets were not changed." in r.out
+    assert "replay [##############################] 100% 6/6 pushed 3, skipped 1, failed 1" in r.err
+    assert t.committed() == offsets
+    assert len(read_all(broker, t.topic + ".dlq")) == dlq_before
+
+    bad = t.tool("replay", "--from", iso(t0 + 3000), "--to", iso(t0 + 1000))
+    assert bad.code == 2 and "must be before --to" in bad.err
+
+
+@pytest.mark.kafka
+def test_replay_instance_ids_and_dry_run(broker: Broker, erp: Any, tmp_path: Path) -> None:
+    t = setup(broker, erp, tmp_path, partitions=1)
+    t0 = (int(time.time()) - 600) * 1000
+    produce_at(broker, t.topic, [(0, str(i).encode(), value(i), t0 + i * 1000) for i in (1, 2, 3, 4)])
+    window = ("--from", iso(t0), "--to", iso(t0 + 60_000), "--instance-id", "2", "--instance-id", "4")
+
+    dry = t.tool("replay", *window, "--dry-run")
+    assert dry.code == 0, dry.err
+    assert dry.out.splitlines()[:2] == [
+        f"would push: partition 0 offset 1 instance 2 Idempotency-Key {key(2)}",
+        f"would push: partition 0 offset 3 instance 4 Idempotency-Key {key(4)}",
+    ]
+    assert "  not selected (--instance-id): 2" in dry.out and "  would push: 2" in dry.out
+    assert requests(erp) == []
+
+    r = t.tool("replay", *window)
+    assert r.code == 0, r.err
+    assert [(p["idempotency_key"], p["body"]) for p in requests(erp)] == [(key(2), body(2)), (key(4), body(4))]
+    assert "  pushed: 2" in r.out and "  failed: 0" in r.out
+    assert t.committed() == {0: -1001}  # the group was never touched
+
+
+# ------------------------------------------------------------------------------------------------ dlq replay
+
+
+def dlq_letters(broker: Broker, t: Env) -> list[dict[str, str]]:
+    return [header_map(m) for m in read_all(broker, t.topic + ".dlq")]
+
+
+@pytest.mark.kafka
+def test_dlq_replay_after_the_fix_and_records_that_fail_again(broker: Broker, erp: Any, tmp_path: Path) -> None:
+    t = setup(broker, erp, tmp_path, partitions=1, dlq=True)
+    now = int(time.time() * 1000)
+    set_behaviour(erp, rules=[{"instance_id": 2, "times": 1, "response": REJECT},
+                              {"instance_id": 3, "times": 2, "response": REJECT}])
+    produce_at(broker, t.topic, [(0, str(i).encode(), value(i), now) for i in (1, 2, 3, 4)])
+    t.run()
+    letters = dlq_letters(broker, t)
+    assert sorted((h[H_OFFSET], h[H_CLASS], h[H_CODE], h[H_ATTEMPTS]) for h in letters) == [
+        ("1", "erp", REJECT["code"], "1"), ("2", "erp", REJECT["code"], "1")]
+    seen = len(requests(erp))
+    assert seen == 4
+
+    r = t.tool("dlq", "replay")
+    assert r.code == 1, r.err  # instance 3 failed again
+    rows = {row[3]: row for row in table_rows(r.out, "DLQ")}
+    assert rows["1"][1:] == [t.topic, "0", "1", "2", f"erp {REJECT['code']}", "accepted"]
+    assert rows["2"][1:6] == [t.topic, "0", "2", "3", f"erp {REJECT['code']}"]
+    assert rows["2"][6] == (f"failed again: erp {REJECT['code']}: budget exceeded; back on the DLQ "
+                            "(attempts 2, replays 1)")
+    assert (f"Total: 2 dead letters: 1 accepted, 0 duplicates, 0 skipped, 1 failed again "
+            f"(back on {t.topic}.dlq).") in r.out
+    new = requests(erp)[seen:]
+    assert sorted((p["idempotency_key"], p["body"], p["code"]) for p in new) == [
+        (key(2), body(2), "OK"), (key(3), body(3), REJECT["code"])]
+    letters = dlq_letters(broker, t)
+    assert len(letters) == 3
+    back = letters[2]
+    assert (back[H_TOPIC], back[H_PARTITION], back[H_OFFSET]) == (t.topic, "0", "2")
+    assert (back[H_CLASS], back[H_CODE], back[H_ATTEMPTS], back["erp_sync.replays"]) == (
+        "erp", REJECT["code"], "2", "1")
+    assert committed(broker, t.group + ".dlq-replay", t.topic + ".dlq") == {0: 2}
+
+    seen = len(requests(erp))
+    r = t.tool("dlq", "replay")  # only the letter written back: instance 2 is not pushed again
+    assert r.code == 0, r.err
+    assert [(row[0], row[3], row[4], row[6]) for row in table_rows(r.out, "DLQ")] == [("0@2", "2", "3", "accepted")]
+    assert [(p["idempotency_key"], p["code"]) for p in requests(erp)[seen:]] == [(key(3), "OK")]
+
+    seen = len(requests(erp))
+    r = t.tool("dlq", "replay")
+    assert r.code == 0, r.err
+    assert r.out.strip() == (f"Nothing to replay: {t.topic}.dlq has no dead letter that group "
+                             f"{t.group}.dlq-replay has not replayed yet.")
+    assert len(requests(erp)) == seen
+    assert t.committed() == {0: 4}  # the consumer's group was never touched
+
+
+@pytest.mark.kafka
+def test_dlq_replay_class_limit_dry_run_and_write_back_keeps_original_headers(broker: Broker, erp: Any,
+                                                                              tmp_path: Path) -> None:
+    t = setup(broker, erp, tmp_path, partitions=1)
+    dlq = create_topic(broker, t.topic + ".dlq", 1)
+    now = int(time.time() * 1000)
+
+    def letter(offset: int, cls: str, v: bytes) -> None:
+        produce_at(broker, dlq, [(0, b"k", v, now)], headers=[
+            ("traceparent", b"00-abc-01"), (H_TOPIC, t.topic.encode()), (H_PARTITION, b"0"),
+            (H_OFFSET, str(offset).encode()), ("erp_sync.original.timestamp", str(now).encode()),
+            (H_CLASS, cls.encode()), (H_CODE, b"Earlier"), ("erp_sync.error.message", b"earlier"),
+            (H_ATTEMPTS, b"3" if cls == "erp" else b"0")])
+
+    letter(100, "erp", value(11))
+    letter(101, "erp", value(12))
+    letter(102, "decode", b"\x02garbage")
+    letter(103, "erp", value(13))
+    replay_group = t.group + ".dlq-replay"
+
+    r = t.tool("dlq", "replay", "--class", "erp", "--limit", "1")
+    assert r.code == 0, r.err
+    assert [row[3:5] + row[6:] for row in table_rows(r.out, "DLQ")] == [["100", "11", "accepted"]]
+    assert "Stopped after --limit 1; the other dead letters wait for the next run." in r.out
+    assert committed(broker, replay_group, dlq) == {0: 1}
+
+    r = t.tool("dlq", "replay", "--class", "erp")
+    assert r.code == 0, r.err
+    assert [row[3:5] + row[6:] for row in table_rows(r.out, "DLQ")] == [["101", "12", "accepted"]]
+    assert ("Held: partition 0 stopped at offset 2: a decode dead letter, not selected by --class erp."
+            in r.out)
+    assert committed(broker, replay_group, dlq) == {0: 2}
+    assert [p["idempotency_key"] for p in requests(erp)] == [key(11), key(12)]
+
+    r = t.tool("dlq", "replay", "--dry-run")
+    assert r.code == 0, r.err
+    assert [row[3:] for row in table_rows(r.out, "DLQ")] == [
+        ["102", "?", "decode Earlier", "would fail again: decode InvalidAvro: not a v1 WorkflowCompleted record: "
+                                       "status: index -49 outside [0, 5)"],
+        ["103", "13", "erp Earlier", f"would push: Idempotency-Key {key(13)}"]]
+    assert committed(broker, replay_group, dlq) == {0: 2}
+    assert len(requests(erp)) == 2
+
+    r = t.tool("dlq", "replay")
+    assert r.code == 1, r.err
+    assert [row[3:5] + row[6:7] for row in table_rows(r.out, "DLQ")] == [
+        ["102", "?", "failed again: decode InvalidAvro: not a v1 WorkflowCompleted record: status: index -49 "
+                     "outside [0, 5); back on the DLQ (attempts 0, replays 1)"],
+        ["103", "13", "accepted"]]
+    assert [p["idempotency_key"] for p in requests(erp)] == [key(11), key(12), key(13)]
+    assert committed(broker, replay_group, dlq) == {0: 4}
+    written = read_all(broker, dlq)
+    assert len(written) == 5
+    back = written[4]
+    assert back.key() == b"k" and back.value() == b"\x02garbage"
+    assert [k for k, _v in back.headers()] == [
+        "traceparent", H_TOPIC, H_PARTITION, H_OFFSET, "erp_sync.original.timestamp", H_CLASS, H_CODE,
+        "erp_sync.error.message", H_ATTEMPTS, "erp_sync.replays"]
+    h = header_map(back)
+    assert (h["traceparent"], h[H_TOPIC], h[H_OFFSET], h["erp_sync.original.timestamp"]) == (
+        "00-abc-01", t.topic, "102", str(now))
+    assert (h[H_CLASS], h[H_CODE], h[H_ATTEMPTS], h["erp_sync.replays"]) == ("decode", "InvalidAvro", "0", "1")
+
+    assert t.tool("dlq", "replay", "--limit", "0").code == 2
+    assert t.tool("dlq", "replay", "--class", "nope").code == 2
