@@ -20,12 +20,16 @@ from collections.abc import Sequence
 
 from confluent_kafka import KafkaException
 
-from . import __version__, logs
+from . import __version__, logs, ops
 from .errors import ConfigError
 from .kafka import error_text
 from .settings import Settings, load_settings, validate_kafka_config
 
 log = logging.getLogger("consumer.cli")
+
+DEVSTACK_COMMANDS = "consumer.devstack.cli"
+"""The demo and test commands (``erp-stub``, ``produce-sample``): found by name when the development
+stack is installed, never imported by the product (``tests/unit/test_imports.py``)."""
 
 
 def _settings() -> Settings:
@@ -47,24 +51,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1  # not reached
 
 
-def cmd_erp_stub(args: argparse.Namespace) -> int:
-    """``erp-sync erp-stub``: serve the local ERP until SIGTERM/SIGINT."""
-    from .devstack import erp_stub
-
-    logs.setup("text" if sys.stderr.isatty() else "json", "INFO")
-    erp_stub.main(port=args.port, host=args.host, latency_ms=args.latency_ms)
-    return 0
-
-
-def cmd_produce_sample(args: argparse.Namespace) -> int:
-    """``erp-sync produce-sample``: write sample events to the source topic."""
-    from .devstack import samples
-
-    _settings()
-    samples.main(count=args.count, seed=args.seed)
-    return 0
-
-
 def cmd_check_config(args: argparse.Namespace) -> int:
     """``erp-sync check-config``: validate everything a start would validate; print it redacted."""
     settings = load_settings()
@@ -72,7 +58,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from .erp.client import ErpClient
 
     if settings.erp_url:
-        ErpClient(settings, max_connections=1).close()  # TLS files, secret files
+        ErpClient(settings, max_connections=1)  # TLS files, secret files
     else:
         print("warning: ERP_SYNC_ERP_URL is not set; `erp-sync run` requires it", file=sys.stderr)
     settings.auth_header_value()
@@ -115,16 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="exit 0 once caught up and no record arrived for SECONDS (after committing)")
     run.set_defaults(func=cmd_run)
 
-    stub = sub.add_parser("erp-stub", help="serve a local ERP that records what it receives")
-    stub.add_argument("--port", type=int, default=8080)
-    stub.add_argument("--host", default="127.0.0.1")
-    stub.add_argument("--latency-ms", type=float, default=0.0, help="answer after this many milliseconds")
-    stub.set_defaults(func=cmd_erp_stub)
-
-    produce = sub.add_parser("produce-sample", help="write realistic sample events to the topic")
-    produce.add_argument("--count", type=int, default=20)
-    produce.add_argument("--seed", type=int, default=7)
-    produce.set_defaults(func=cmd_produce_sample)
+    if importlib.util.find_spec(DEVSTACK_COMMANDS) is not None:  # erp-stub, produce-sample
+        importlib.import_module(DEVSTACK_COMMANDS).register(sub)
 
     topics = sub.add_parser("create-topics", help="create the source and dead-letter topics if missing")
     topics.add_argument("--partitions", type=int, default=6)
@@ -135,10 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate the configuration and print it with secrets redacted")
     check.set_defaults(func=cmd_check_config)
 
-    if importlib.util.find_spec("consumer.ops") is not None:
-        from . import ops as tools
-
-        tools.register(sub)
+    ops.register(sub)
     return parser
 
 
@@ -149,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except ConfigError as exc:
         print(f"erp-sync: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `erp-sync check-config | head`

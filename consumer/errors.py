@@ -1,8 +1,22 @@
-"""The error root of every stage, and the three dead-letter classes.
+"""Every error the package raises on purpose, under one root.
 
-Each stage raises its own subclass of :class:`RecordError`; the pipeline catches the root once and
-turns it into a dead letter. ``error_class`` is the value of the ``erp_sync.error.class`` dead-letter
-header (issue "main job", dead letters) and ``code`` the value of ``erp_sync.error.code``.
+::
+
+    ErpSyncError                  the root
+    ├── ConfigError               a setting is missing or invalid (exit code 2; the message names the variable)
+    ├── RecordError               a record that can never be delivered: it is dead-lettered
+    │   ├── DecodeError           class "decode": not a v1 WorkflowCompleted value
+    │   ├── ValidationError       class "validation": decoded, but breaks a rule of ERP-INTERFACE.md
+    │   └── ErpRejectError        class "erp": the ERP judged the record itself faulty (§6 reject)
+    └── ToolError                 an operations tool failed at run time (exit code 1)
+        └── UsageError            a bad option, or a cluster state that forbids it (exit code 2)
+
+Each error carries what decides what happens to it, so callers branch on attributes, not on long
+``except`` lists: a :class:`RecordError`'s ``error_class`` and ``code`` become the dead letter's
+``erp_sync.error.class`` and ``erp_sync.error.code`` headers (issue "main job", dead letters); a
+:class:`ToolError`'s ``exit_code`` is the process's exit status. A *retry* answer of the ERP is not
+an error: it is a verdict (:mod:`consumer.erp.verdict`), and the push waits and tries again.
+Messages never contain secrets.
 """
 
 from __future__ import annotations
@@ -13,7 +27,9 @@ class ErpSyncError(Exception):
 
 
 class ConfigError(ErpSyncError):
-    """A setting is missing or invalid. The message names the environment variable."""
+    """A setting is missing or invalid. The message names the environment variable (exit code 2)."""
+
+    exit_code = 2
 
 
 class RecordError(ErpSyncError):
@@ -45,6 +61,20 @@ class ValidationError(RecordError):
     error_class = "validation"
 
 
+class ErpRejectError(RecordError):
+    """The ERP judged the record itself faulty (ERP-INTERFACE.md §6 *reject*, class ``erp``).
+
+    Attributes:
+        request_id: ``Response.RequestId`` when the ERP gave one (header ``erp_sync.erp.request_id``).
+    """
+
+    error_class = "erp"
+
+    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
+        super().__init__(code, message)
+        self.request_id = request_id
+
+
 class ToolError(ErpSyncError):
     """A runtime failure of an operations tool (exit code 1); the message says what failed and what to do."""
 
@@ -55,13 +85,3 @@ class UsageError(ToolError):
     """A bad option, or a state of the cluster that forbids the operation (exit code 2)."""
 
     exit_code = 2
-
-
-class ErpRejectError(RecordError):
-    """The ERP judged the record itself faulty (ERP-INTERFACE.md §6 *reject*, class ``erp``)."""
-
-    error_class = "erp"
-
-    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
-        super().__init__(code, message)
-        self.request_id = request_id

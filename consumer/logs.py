@@ -10,6 +10,8 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -29,6 +31,59 @@ class _TextWithContext(logging.Formatter):
         return line
 
 
+class Throttle:
+    """At most one event per key every ``every_s`` seconds, counting the ones held back.
+
+    The one log throttle of the package: librdkafka's lines (:class:`ThrottleFilter`), the poll
+    loop's Kafka errors, the dead-letter writer's failures and the ERP backoff lines all use it.
+
+    Args:
+        every_s: seconds between two events of one key.
+        clock: a monotonic clock in seconds (tests pass a fake one).
+        max_keys: keys remembered; beyond it the memory is cleared (keys may be open-ended).
+    """
+
+    def __init__(self, every_s: float, clock: Callable[[], float] = time.monotonic, max_keys: int = 1000) -> None:
+        self.every_s = every_s
+        self._clock = clock
+        self._max_keys = max_keys
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def allow(self, key: str) -> int | None:
+        """Whether an event of ``key`` may go out now.
+
+        Returns:
+            None when it must be held back; else how many were held back since the last one let through.
+        """
+        now = self._clock()
+        last, held = self._last.get(key, (-1e18, 0))
+        if now - last < self.every_s:
+            self._last[key] = (last, held + 1)
+            return None
+        if len(self._last) >= self._max_keys:
+            self._last.clear()
+        self._last[key] = (now, 0)
+        return held
+
+    def reset(self, key: str) -> None:
+        """Let the next event of ``key`` through whenever it comes (a new episode begins)."""
+        self._last.pop(key, None)
+
+    def warning(self, logger: logging.Logger, key: str, msg: str, *args: Any, **extra: Any) -> bool:
+        """Log ``msg % args`` as a warning unless held back; ``extra`` fields go with it.
+
+        Returns:
+            True when the line was logged.
+        """
+        held = self.allow(key)
+        if held is None:
+            return False
+        if held:
+            extra["suppressed"] = held
+        logger.warning(msg, *args, extra=extra)
+        return True
+
+
 class ThrottleFilter(logging.Filter):
     """Lets the same message (digits ignored) through at most once per ``every_s`` seconds.
 
@@ -39,22 +94,15 @@ class ThrottleFilter(logging.Filter):
 
     def __init__(self, every_s: float = 30.0) -> None:
         super().__init__()
-        self.every_s = every_s
-        self._last: dict[str, tuple[float, int]] = {}
+        self.throttle = Throttle(every_s)
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Return True when the record may be emitted."""
-        key = _DIGITS.sub("#", record.getMessage())[:200]
-        now = time.monotonic()
-        last, suppressed = self._last.get(key, (-1e18, 0))
-        if now - last < self.every_s:
-            self._last[key] = (last, suppressed + 1)
+        held = self.throttle.allow(_DIGITS.sub("#", record.getMessage())[:200])
+        if held is None:
             return False
-        self._last[key] = (now, 0)
-        if suppressed:
-            record.suppressed = suppressed  # shown as a field: how many were dropped meanwhile
-        if len(self._last) > 1000:
-            self._last.clear()
+        if held:
+            record.suppressed = held  # shown as a field: how many were dropped meanwhile
         return True
 
 

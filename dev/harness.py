@@ -7,6 +7,7 @@ Nothing here mocks Kafka: every call goes to a real Apache Kafka broker, either 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -21,10 +22,42 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from consumer.erp.client import ErpClient
+from consumer.erp.verdict import Verdict
+
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SH = ROOT / "dev" / "kafka.sh"
 VENV_BIN = Path(sys.executable).parent
 ERP_SYNC = str(VENV_BIN / "erp-sync")
+
+
+class BlockingErp:
+    """An :class:`~consumer.erp.client.ErpClient` driven from synchronous test code.
+
+    Every call runs on the same event loop (``asyncio.Runner``), so the connection pool lives across
+    calls as it does in ``erp-sync run``.
+    """
+
+    def __init__(self, client: ErpClient) -> None:
+        self.client = client
+        self._runner = asyncio.Runner()
+
+    def post(self, body: bytes, key: str) -> Verdict:
+        """One push through ``post_async``."""
+        return self._runner.run(self.client.post_async(body, key))
+
+    def post_many(self, items: Sequence[tuple[bytes, str]]) -> list[Verdict]:
+        """Pushes sent concurrently (one connection each, up to the pool size); verdicts in order."""
+        async def many() -> list[Verdict]:
+            return list(await asyncio.gather(*(self.client.post_async(b, k) for b, k in items)))
+        return self._runner.run(many())
+
+    def close(self) -> None:
+        """Close the pool and the event loop."""
+        try:
+            self._runner.run(self.client.aclose())
+        finally:
+            self._runner.close()
 
 
 def free_port() -> int:

@@ -5,8 +5,11 @@ A dead letter keeps the original key and value bytes unchanged and the original 
 
 ``erp_sync.original.topic`` / ``.partition`` / ``.offset`` / ``.timestamp`` (ms),
 ``erp_sync.error.class`` (``decode`` | ``validation`` | ``erp``), ``erp_sync.error.code``,
-``erp_sync.error.message``, ``erp_sync.attempts`` and, when the ERP gave one,
-``erp_sync.erp.request_id``. Header values are UTF-8 text.
+``erp_sync.error.message``, ``erp_sync.attempts``, when the ERP gave one
+``erp_sync.erp.request_id``, and once ``erp-sync dlq replay`` wrote it back ``erp_sync.replays``.
+Header values are UTF-8 text. This module is the one codec of those headers: the consumer writes
+them (:func:`dead_letter_headers`), ``dlq replay`` reads (:func:`read_headers`) and rewrites them
+(:func:`rewritten_headers`).
 
 The source offset is committed only after the broker confirmed the dead letter (``acks=all``).
 When the dead-letter topic cannot be written (missing with auto-create off, message too large,
@@ -25,9 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, Message
 
 from ..errors import ErpRejectError, RecordError
+from ..logs import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +44,86 @@ H_CODE = "erp_sync.error.code"
 H_MESSAGE = "erp_sync.error.message"
 H_ATTEMPTS = "erp_sync.attempts"
 H_REQUEST_ID = "erp_sync.erp.request_id"
+H_REPLAYS = "erp_sync.replays"
+"""Added by ``dlq replay``: how many times the dead letter was replayed."""
+ERROR_HEADERS = frozenset({H_CLASS, H_CODE, H_MESSAGE, H_ATTEMPTS, H_REQUEST_ID, H_REPLAYS})
+"""The headers that describe the failure (replaced when a replayed letter fails again)."""
 
 RETRY_INITIAL_S = 1.0
 RETRY_MAX_S = 60.0
 FAILURE_LOG_EVERY_S = 30.0
+
+Headers = list[tuple[str, bytes | None]]
+
+
+# ------------------------------------------------------------------------------------------ header codec
+
+
+def headers_of(msg: Message) -> Headers:
+    """A record's headers in order, values as bytes (a null value stays ``None``)."""
+    raw: Any = msg.headers() or []
+    items = raw.items() if isinstance(raw, dict) else raw
+    return [(str(k), v.encode() if isinstance(v, str) else v) for k, v in items]
+
+
+def error_headers(error: RecordError, attempts: int, replays: int | None = None) -> Headers:
+    """The ``erp_sync.error.*`` headers, ``erp_sync.attempts``, and ``erp_sync.replays`` when given."""
+    headers: Headers = [
+        (H_CLASS, error.error_class.encode()),
+        (H_CODE, error.code.encode()),
+        (H_MESSAGE, error.message.encode("utf-8", "replace")),
+        (H_ATTEMPTS, str(attempts).encode()),
+    ]
+    if replays is not None:
+        headers.append((H_REPLAYS, str(replays).encode()))
+    if isinstance(error, ErpRejectError) and error.request_id:
+        headers.append((H_REQUEST_ID, error.request_id.encode("utf-8", "replace")))
+    return headers
+
+
+def dead_letter_headers(msg: Message, error: RecordError, attempts: int) -> Headers:
+    """A new dead letter's headers: the original ones, ``erp_sync.original.*``, then the error's."""
+    ts_type, ts = msg.timestamp()
+    return [
+        *headers_of(msg),
+        (H_TOPIC, str(msg.topic()).encode()),
+        (H_PARTITION, str(msg.partition()).encode()),
+        (H_OFFSET, str(msg.offset()).encode()),
+        (H_TIMESTAMP, str(ts if ts_type else -1).encode()),
+        *error_headers(error, attempts),
+    ]
+
+
+def rewritten_headers(letter: Message, error: RecordError, attempts: int, replays: int) -> Headers:
+    """Headers of a dead letter that failed again and goes back to the dead-letter topic.
+
+    Its original headers and ``erp_sync.original.*`` stay unchanged, followed by fresh
+    ``erp_sync.error.*``, ``erp_sync.attempts`` (over the first delivery and every replay) and
+    ``erp_sync.replays`` (how many times it has now been replayed).
+    """
+    return [*((k, v) for k, v in headers_of(letter) if k not in ERROR_HEADERS),
+            *error_headers(error, attempts, replays)]
+
+
+def read_headers(letter: Message) -> dict[str, str]:
+    """The ``erp_sync.*`` headers of a dead letter as text (the last value of a repeated name wins)."""
+    return {k: (v or b"").decode("utf-8", "replace") for k, v in headers_of(letter) if k.startswith("erp_sync.")}
+
+
+def int_header(headers: dict[str, str], name: str) -> int:
+    """An integer header of :func:`read_headers`' result; 0 when missing or not a number."""
+    try:
+        return int(headers.get(name, "0"))
+    except ValueError:
+        return 0
+
+
+# ------------------------------------------------------------------------------------------ the writer
+
+
+DeadLetterProducer = Any
+"""A Kafka producer: ``confluent_kafka.Producer``, or a test double with its ``produce(topic, key=,
+value=, headers=, on_delivery=)``, ``poll(timeout)`` and ``flush(timeout)``."""
 
 
 @dataclass(slots=True)
@@ -67,7 +147,7 @@ class DeadLetter:
     timestamp_ms: int
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes | None]]
+    headers: Headers
     error: RecordError
     attempts: int
     on_done: Callable[[DeadLetter], None]
@@ -76,47 +156,23 @@ class DeadLetter:
     last_error: str = field(default="")
 
 
-def build_headers(msg: Message, error: RecordError, attempts: int) -> list[tuple[str, bytes | None]]:
-    """The dead letter's headers: the original ones, then the ``erp_sync.*`` ones."""
-    ts_type, ts = msg.timestamp()
-    raw = msg.headers() or []
-    original: list[tuple[str, Any]] = list(raw.items() if isinstance(raw, dict) else raw)
-    headers: list[tuple[str, bytes | None]] = [
-        (k, v.encode() if isinstance(v, str) else v) for k, v in original  # a null value stays null
-    ]
-    headers += [
-        (H_TOPIC, str(msg.topic()).encode()),
-        (H_PARTITION, str(msg.partition()).encode()),
-        (H_OFFSET, str(msg.offset()).encode()),
-        (H_TIMESTAMP, str(ts if ts_type else -1).encode()),
-        (H_CLASS, error.error_class.encode()),
-        (H_CODE, error.code.encode()),
-        (H_MESSAGE, error.message.encode("utf-8", "replace")),
-        (H_ATTEMPTS, str(attempts).encode()),
-    ]
-    if isinstance(error, ErpRejectError) and error.request_id:
-        headers.append((H_REQUEST_ID, error.request_id.encode("utf-8", "replace")))
-    return headers
-
-
 class DeadLetterWriter:
     """Writes dead letters and retries them until the broker confirms. Poll-loop thread only.
 
     Args:
-        producer_config: librdkafka producer configuration (``acks=all`` recommended).
+        producer: the Kafka producer (``acks=all`` recommended); the caller builds it.
         topic: the dead-letter topic.
         on_confirmed: called with each confirmed dead letter (metrics, logs).
     """
 
-    def __init__(self, producer_config: dict[str, Any], topic: str,
+    def __init__(self, producer: DeadLetterProducer, topic: str,
                  on_confirmed: Callable[[DeadLetter], None] | None = None) -> None:
         self.topic = topic
-        self._producer = Producer(producer_config)
-        self._on_confirmed = on_confirmed
-        self._waiting: set[int] = set()
+        self._producer = producer
+        self.on_confirmed = on_confirmed
         self._retry_heap: list[tuple[float, int, DeadLetter]] = []
         self._seq = itertools.count()
-        self._last_log: dict[str, tuple[float, int]] = {}
+        self._failure_log = Throttle(FAILURE_LOG_EVERY_S)
         self.pending = 0
 
     def send(self, msg: Message, error: RecordError, attempts: int,
@@ -125,7 +181,7 @@ class DeadLetterWriter:
         ts_type, ts = msg.timestamp()
         letter = DeadLetter(str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0),
                             ts if ts_type else -1, msg.key(), msg.value(),
-                            build_headers(msg, error, attempts), error, attempts, on_done, cancelled)
+                            dead_letter_headers(msg, error, attempts), error, attempts, on_done, cancelled)
         self.pending += 1
         self._produce(letter)
         return letter
@@ -138,8 +194,8 @@ class DeadLetterWriter:
                     log.info("dead letter written after %d failed attempts", letter.failures,
                              extra=_fields(letter, event="dead_letter_recovered"))
                 letter.on_done(letter)
-                if self._on_confirmed is not None:
-                    self._on_confirmed(letter)
+                if self.on_confirmed is not None:
+                    self.on_confirmed(letter)
             else:
                 self._failed(letter, f"{err.name()}: {err.str()}")
 
@@ -155,15 +211,11 @@ class DeadLetterWriter:
         letter.failures += 1
         letter.last_error = reason
         delay = min(RETRY_MAX_S, RETRY_INITIAL_S * 2 ** min(letter.failures - 1, 10))
-        now = time.monotonic()
-        last, suppressed = self._last_log.get(reason, (-1e18, 0))
-        if now - last >= FAILURE_LOG_EVERY_S:  # one line per cause per period, not one per letter
-            self._last_log[reason] = (now, 0)
+        held = self._failure_log.allow(reason)
+        if held is not None:  # one line per cause per period, not one per letter
             log.error("cannot write dead letter to %s (%s); source offset stays uncommitted; retry in %.0f s "
                       "(%d dead letters pending, %d similar failures not logged)", self.topic, reason, delay,
-                      self.pending, suppressed, extra=_fields(letter, event="dead_letter_failed"))
-        else:
-            self._last_log[reason] = (last, suppressed + 1)
+                      self.pending, held, extra=_fields(letter, event="dead_letter_failed"))
         heapq.heappush(self._retry_heap, (time.monotonic() + delay, next(self._seq), letter))
 
     def poll(self) -> None:

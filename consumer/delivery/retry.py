@@ -27,7 +27,7 @@ class Permit:
 
 
 class SharedBackoff:
-    """Exponential backoff with jitter, shared by all pushes; thread-safe.
+    """Exponential backoff with jitter, shared by all pushes of one event loop; thread-safe to read.
 
     Args:
         initial_s: first delay, seconds.
@@ -46,7 +46,7 @@ class SharedBackoff:
         self._on_change = on_change
         self._rng = rng
         self._clock = clock
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self.failures = 0
         self.failing_since = 0.0
         """Clock time (s) of the first failure of the current backoff, or of the last one once it ended."""
@@ -65,8 +65,8 @@ class SharedBackoff:
             return Permit(self.epoch, True)
         return self._not_before - now if now < self._not_before else float("inf")
 
-    def acquire(self, should_stop: Callable[[], bool], poll_s: float = 0.1) -> Permit | None:
-        """Block until a request may be sent (threads).
+    async def acquire(self, should_stop: Callable[[], bool], poll_s: float = 0.05) -> Permit | None:
+        """Wait until a request may be sent (a coroutine on the push event loop: sleeps, never blocks).
 
         Args:
             should_stop: checked at least every ``poll_s`` seconds; when it returns True the wait
@@ -76,19 +76,8 @@ class SharedBackoff:
         Returns:
             A :class:`Permit` to pass to :meth:`success` / :meth:`failure`, or None when stopped.
         """
-        with self._cond:
-            while True:
-                if should_stop():
-                    return None
-                got = self._try_acquire()
-                if isinstance(got, Permit):
-                    return got
-                self._cond.wait(min(max(got, 0.001), poll_s))
-
-    async def acquire_async(self, should_stop: Callable[[], bool], poll_s: float = 0.05) -> Permit | None:
-        """Like :meth:`acquire`, for coroutines on the push event loop (sleeps, never blocks)."""
         while True:
-            with self._cond:
+            with self._lock:
                 if should_stop():
                     return None
                 got = self._try_acquire()
@@ -99,9 +88,8 @@ class SharedBackoff:
     def release(self, permit: Permit) -> None:
         """Give a permit back unused (the push was abandoned before sending)."""
         if permit.probe:
-            with self._cond:
+            with self._lock:
                 self._probing = False
-                self._cond.notify_all()
 
     def success(self, permit: Permit) -> int:
         """The ERP answered (accepted or reject) the request sent under ``permit``.
@@ -113,7 +101,7 @@ class SharedBackoff:
         Returns:
             How many failures in a row this answer cleared (0 when it changed nothing).
         """
-        with self._cond:
+        with self._lock:
             if permit.probe:
                 self._probing = False
             if not self.failures or permit.epoch != self.epoch:
@@ -122,7 +110,6 @@ class SharedBackoff:
             self.failures = 0
             self.delay_s = 0.0
             self.epoch += 1
-            self._cond.notify_all()
             self._changed()
             return cleared
 
@@ -133,11 +120,10 @@ class SharedBackoff:
             The new delay in seconds when this call escalated the backoff, else None (another
             request already escalated it for this period).
         """
-        with self._cond:
+        with self._lock:
             if permit.probe:
                 self._probing = False
             if permit.epoch != self.epoch:
-                self._cond.notify_all()
                 return None
             self.failures += 1
             if self.failures == 1:
@@ -149,7 +135,6 @@ class SharedBackoff:
                 delay = max(delay, min(retry_after_s, self.retry_after_max_s))
             self.delay_s = delay
             self._not_before = self._clock() + delay
-            self._cond.notify_all()
             self._changed()
             return delay
 
@@ -186,18 +171,8 @@ class RateLimiter:
                 return 0.0
             return (1 - self._tokens) / self.rate
 
-    def acquire(self, should_stop: Callable[[], bool]) -> bool:
-        """Take one token, waiting as needed. Returns False if ``should_stop()`` became True."""
-        while True:
-            wait = self._try_take()
-            if wait == 0.0:
-                return True
-            if should_stop():
-                return False
-            time.sleep(min(wait, 0.1))
-
-    async def acquire_async(self, should_stop: Callable[[], bool]) -> bool:
-        """Like :meth:`acquire`, for coroutines."""
+    async def acquire(self, should_stop: Callable[[], bool]) -> bool:
+        """Take one token, sleeping as needed. Returns False if ``should_stop()`` became True."""
         while True:
             wait = self._try_take()
             if wait == 0.0:

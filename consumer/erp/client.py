@@ -7,13 +7,13 @@
   ``X-Erp-Sync-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>``.
 * TLS is verified by default; ``ERP_SYNC_ERP_CA_BUNDLE`` adds a CA bundle and
   ``ERP_SYNC_ERP_CLIENT_CERT``/``…_KEY`` a client certificate (mTLS).
-* The consumer pushes with :meth:`ErpClient.post_async`: an ``httpx.Request`` sent through the
-  aiohttp-backed transport of ``httpx-aiohttp`` (httpx's transport API), on the push event loop.
-  ``httpx.AsyncClient`` is not in that path: its per-request work (header and URL merging, cookie
-  extraction into a jar, auth and redirect flows) serves none of a single-endpoint POST that sets
-  its own headers and never follows redirects, and it was about a third of the consumer's CPU.
-  Transports compared in ``bench/http_ceiling.py`` (2 cores, 32 in flight, ERP latency 0); the
-  tools (``replay``, ``dlq replay``) use the synchronous :meth:`ErpClient.post` (``httpx.Client``).
+* Every push (``erp-sync run`` and the replay tools) is :meth:`ErpClient.post_async`: an
+  ``httpx.Request`` sent through an httpx transport on an event loop. The transport is the seam:
+  by default the aiohttp-backed ``httpx-aiohttp`` transport (chosen by measurement), in unit tests
+  an ``httpx.MockTransport``. ``httpx.AsyncClient`` is not in that path: its per-request work
+  (header and URL merging, cookie extraction into a jar, auth and redirect flows) serves none of a
+  single-endpoint POST that sets its own headers and never follows redirects, and it was about a
+  third of the consumer's CPU. Transports compared in ``bench/http_ceiling.py``.
 * A request that fails on a pooled connection the ERP already closed is re-sent once at once on a
   fresh connection; keep-alive connections idle for more than ``KEEPALIVE_EXPIRY_S`` are dropped
   before the ERP's idle timeout can race us.
@@ -50,19 +50,26 @@ def _stale_connection(exc: BaseException) -> bool:
 
 
 def _aiohttp_error(exc: httpx.HTTPError) -> httpx.HTTPError:
-    """Undo a misnaming of httpx-aiohttp: it maps a refused connection to ``ConnectTimeout``.
+    """Undo a misnaming of httpx-aiohttp: it maps every connection error to ``ConnectTimeout``.
 
-    Its exception map matches ``aiohttp.ClientConnectorError`` (refused, DNS, unreachable) against
-    ``ClientConnectionError`` first; the error code an operator sees (logs, the ``code`` label of
-    ``erp_sync_erp_requests_total``) must say ``ConnectError``, as the sync path does, not ``Timeout``.
+    Its exception map sends any ``aiohttp.ClientConnectionError`` that is not a timeout (a refused
+    connection, a server that closed the connection without answering, a reset) to
+    ``httpx.ConnectTimeout``. The code an operator sees (logs, the ``code`` label of
+    ``erp_sync_erp_requests_total``) must name what happened, as httpx's own transport does:
+    ``ConnectError``, ``RemoteProtocolError`` (closed without a response) or ``ReadError`` (reset).
     """
     import aiohttp
 
     cause = exc.__cause__
-    if (isinstance(exc, httpx.ConnectTimeout) and isinstance(cause, aiohttp.ClientConnectorError)
-            and not isinstance(cause, aiohttp.ServerTimeoutError | TimeoutError)):
+    if not isinstance(exc, httpx.ConnectTimeout) or not isinstance(cause, aiohttp.ClientConnectionError):
+        return exc
+    if isinstance(cause, aiohttp.ServerTimeoutError | TimeoutError):
+        return exc
+    if isinstance(cause, aiohttp.ClientConnectorError):
         return httpx.ConnectError(str(exc))
-    return exc
+    if isinstance(cause, aiohttp.ServerDisconnectedError):
+        return httpx.RemoteProtocolError(str(exc))
+    return httpx.ReadError(str(exc))
 
 
 class ErpClient:
@@ -70,13 +77,16 @@ class ErpClient:
 
     Args:
         settings: ``erp_url`` (required), timeouts, TLS, auth, retry and duplicate code lists.
-        max_connections: size of the connection pool (the number of worker threads).
+        max_connections: size of the connection pool (the pushes in flight).
+        transport: the httpx transport requests go through; None builds the aiohttp-backed one on
+            the first push (aiohttp's session belongs to the event loop that makes every call).
 
     Raises:
         ConfigError: no ERP URL, or a TLS file or secret file cannot be read.
     """
 
-    def __init__(self, settings: Settings, max_connections: int = 32) -> None:
+    def __init__(self, settings: Settings, max_connections: int = 32,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
         if not settings.erp_url:
             raise ConfigError("ERP_SYNC_ERP_URL: required (the ERP endpoint, e.g. https://erp.example.com/apaas/push)")
         self.url = settings.erp_url
@@ -100,43 +110,39 @@ class ErpClient:
             log.warning("ERP_SYNC_ERP_TLS_VERIFY=false: the ERP's certificate is NOT verified",
                         extra={"event": "tls_verify_off"})
         self._headers = headers
-        self._timeout = httpx.Timeout(settings.erp_timeout_seconds)
         self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
                                     keepalive_expiry=KEEPALIVE_EXPIRY_S)
         self._verify = tls_context(settings)
-        self._client = httpx.Client(headers=headers, timeout=self._timeout, limits=self._limits,
-                                     verify=self._verify, follow_redirects=False)
         self._url = httpx.URL(self.url)
-        self._async: httpx.AsyncBaseTransport | None = None
-        self._timeout_dict = self._timeout.as_dict()
+        self._transport = transport
+        self._timeout = httpx.Timeout(settings.erp_timeout_seconds).as_dict()
 
     def _request_headers(self, body: bytes, idempotency_key: str) -> dict[str, str]:
-        headers = {"Idempotency-Key": idempotency_key}
+        headers = {**self._headers, "Idempotency-Key": idempotency_key}
         if self._hmac_secret is not None:
             headers[self._signature_header] = sign(self._hmac_secret, int(time.time()), body)
         return headers
 
-    def _verdict(self, response: httpx.Response) -> Verdict:
-        return verdict(response.status_code, response.headers, response.content,
-                       retry_codes=self.retry_codes, duplicate_codes=self.duplicate_codes,
-                       retry_statuses=self.retry_statuses)
-
     async def post_async(self, body: bytes, idempotency_key: str) -> Verdict:
-        """Like :meth:`post`, on the push event loop, over an aiohttp-backed httpx transport.
+        """Send one push (one attempt, plus one immediate re-send on a stale pooled connection).
 
-        The first call must happen on the loop that makes every later call (aiohttp's session
-        belongs to one event loop).
+        Args:
+            body: the encoded ERP body.
+            idempotency_key: ``"<FlowCode>-<InstanceId>"``.
+
+        Returns:
+            The verdict; transport failures are *retry* verdicts named after the error.
         """
-        if self._async is None:
+        if self._transport is None:
             from httpx_aiohttp import AiohttpTransport
 
-            self._async = AiohttpTransport(verify=self._verify, limits=self._limits, trust_env=False)
-        headers = {**self._headers, **self._request_headers(body, idempotency_key)}
+            self._transport = AiohttpTransport(verify=self._verify, limits=self._limits, trust_env=False)
+        headers = self._request_headers(body, idempotency_key)
         for attempt in (1, 2):
             try:
                 request = httpx.Request("POST", self._url, headers=headers, content=body,
-                                        extensions={"timeout": self._timeout_dict})
-                response = await self._async.handle_async_request(request)
+                                        extensions={"timeout": self._timeout})
+                response = await self._transport.handle_async_request(request)
                 try:
                     await response.aread()
                 finally:
@@ -147,39 +153,12 @@ class ErpClient:
                 return transport_verdict(_aiohttp_error(exc))
             except Exception as exc:  # aiohttp/ssl oddities must never escape a push
                 return transport_verdict(exc)
-            return self._verdict(response)
+            return verdict(response.status_code, response.headers, response.content,
+                           retry_codes=self.retry_codes, duplicate_codes=self.duplicate_codes,
+                           retry_statuses=self.retry_statuses)
         raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
-        """Close the async connection pool (on the push event loop)."""
-        if self._async is not None:
-            await self._async.aclose()
-
-    def post(self, body: bytes, idempotency_key: str) -> Verdict:
-        """Send one push (one attempt, plus one immediate re-send on a stale pooled connection).
-
-        Args:
-            body: the encoded ERP body.
-            idempotency_key: ``"<FlowCode>-<InstanceId>"``.
-
-        Returns:
-            The verdict; transport failures are *retry* verdicts named after the error.
-        """
-        headers = self._request_headers(body, idempotency_key)
-        for attempt in (1, 2):
-            try:
-                response = self._client.post(self.url, content=body, headers=headers)
-            except _STALE_CONNECTION_ERRORS as exc:
-                if attempt == 1:
-                    continue  # the ERP closed a pooled keep-alive connection: once more, fresh
-                return transport_verdict(exc)
-            except httpx.HTTPError as exc:
-                return transport_verdict(exc)
-            except Exception as exc:  # h11/ssl oddities must never escape a worker
-                return transport_verdict(exc)
-            return self._verdict(response)
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        """Close the connection pool."""
-        self._client.close()
+        """Close the connection pool (on the event loop that pushed)."""
+        if self._transport is not None:
+            await self._transport.aclose()

@@ -383,7 +383,20 @@ def tool_settings(needs_erp: bool = False) -> Settings:
     return settings
 
 
-def read_into_summary(summary: Any, consumer: Consumer, topic: str,
+@dataclass
+class ToolRun:
+    """How a tool's read of records ended early, if it did.
+
+    Attributes:
+        error: a runtime failure that stopped it (the records after those counted were not handled).
+        interrupted: Ctrl-C stopped it.
+    """
+
+    error: str | None = None
+    interrupted: bool = False
+
+
+def read_into_summary(summary: ToolRun, consumer: Consumer, topic: str,
                        ranges: Mapping[int, tuple[int, int]], handle: Callable[[Message], Step]) -> None:
     """:func:`read_ranges`, recording a ToolError or Ctrl-C in the summary instead of raising it."""
     try:

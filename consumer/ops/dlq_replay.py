@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -24,27 +23,25 @@ from ..delivery.dead_letters import (
     H_ATTEMPTS,
     H_CLASS,
     H_CODE,
-    H_MESSAGE,
     H_OFFSET,
     H_PARTITION,
-    H_REQUEST_ID,
+    H_REPLAYS,
     H_TOPIC,
+    int_header,
+    read_headers,
+    rewritten_headers,
 )
 from ..erp.verdict import Outcome
 from ..errors import ErpRejectError, RecordError, ToolError, UsageError
 from ..kafka import error_text
 from ..settings import Settings
-from .cluster import REQUEST_TIMEOUT_S, Cluster, Step, read_into_summary, reader_config, tool_settings
+from .cluster import REQUEST_TIMEOUT_S, Cluster, Step, ToolRun, read_into_summary, reader_config, tool_settings
 from .console import Progress, plural, table
 from .replay import instance_of, open_pusher
 
 log = logging.getLogger(__name__)
 
-H_REPLAYS = "erp_sync.replays"
-"""Dead-letter header added by ``dlq replay``: how many times the dead letter was replayed."""
 DLQ_REPLAY_GROUP_SUFFIX = ".dlq-replay"
-_ERROR_HEADERS = frozenset({H_CLASS, H_CODE, H_MESSAGE, H_ATTEMPTS, H_REQUEST_ID, H_REPLAYS})
-# ------------------------------------------------------------------------------------------------ dlq replay
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,65 +74,28 @@ class LetterResult:
 
 
 @dataclass
-class DlqSummary:
-    """The results of one ``dlq replay``."""
+class DlqSummary(ToolRun):
+    """The results of one ``dlq replay``.
 
-    topic: str
-    group: str
+    Attributes:
+        topic: the dead-letter topic.
+        group: the group that keeps the replay position.
+        letters: what happened to each dead letter looked at.
+        held: partitions stopped by ``--class`` (why).
+        limited: stopped by ``--limit``.
+        missing: the dead-letter topic does not exist.
+    """
+
+    topic: str = ""
+    group: str = ""
     letters: list[LetterResult] = field(default_factory=list)
     held: list[str] = field(default_factory=list)
     limited: bool = False
-    interrupted: bool = False
     missing: bool = False
-    error: str | None = None
 
     def count(self, result: str) -> int:
         """How many dead letters ended with ``result``."""
         return sum(1 for letter in self.letters if letter.result == result)
-
-
-def raw_headers(msg: Message) -> list[tuple[str, bytes | None]]:
-    """A record's headers in order, values as bytes (a null value stays ``None``)."""
-    raw: Any = msg.headers() or []
-    items = raw.items() if isinstance(raw, dict) else raw
-    return [(str(k), v.encode() if isinstance(v, str) else v) for k, v in items]
-
-
-def letter_headers(msg: Message) -> dict[str, str]:
-    """The ``erp_sync.*`` headers of a dead letter as text (the last value of a repeated name wins)."""
-    return {k: (v or b"").decode("utf-8", "replace") for k, v in raw_headers(msg) if k.startswith("erp_sync.")}
-
-
-def rewrite_headers(msg: Message, error: RecordError, attempts: int, replays: int) -> list[tuple[str, bytes | None]]:
-    """Headers of a dead letter written back to the dead-letter topic.
-
-    Its original headers and ``erp_sync.original.*`` stay unchanged, followed by fresh
-    ``erp_sync.error.*``, ``erp_sync.attempts`` and ``erp_sync.replays``.
-
-    Args:
-        msg: the dead letter being replayed.
-        error: why it failed again.
-        attempts: ERP attempts so far, over the first delivery and every replay.
-        replays: how many times it has now been replayed.
-    """
-    headers = [(k, v) for k, v in raw_headers(msg) if k not in _ERROR_HEADERS]
-    headers += [
-        (H_CLASS, error.error_class.encode()),
-        (H_CODE, error.code.encode()),
-        (H_MESSAGE, error.message.encode("utf-8", "replace")),
-        (H_ATTEMPTS, str(attempts).encode()),
-        (H_REPLAYS, str(replays).encode()),
-    ]
-    if isinstance(error, ErpRejectError) and error.request_id:
-        headers.append((H_REQUEST_ID, error.request_id.encode("utf-8", "replace")))
-    return headers
-
-
-def _int_header(headers: Mapping[str, str], name: str) -> int:
-    try:
-        return int(headers.get(name, "0"))
-    except ValueError:
-        return 0
 
 
 def _write_back(producer: Producer, topic: str, msg: Message, headers: list[Any]) -> None:
@@ -173,7 +133,7 @@ def replay_dead_letters(settings: Settings, dry_run: bool, error_class: str | No
     """
     dlq = settings.dead_letter_topic
     group = settings.group_id + DLQ_REPLAY_GROUP_SUFFIX
-    summary = DlqSummary(dlq, group)
+    summary = DlqSummary(topic=dlq, group=group)
     with Cluster(settings) as cluster:
         parts = cluster.partitions(dlq, "ERP_SYNC_DLQ_TOPIC")
         if parts is None:
@@ -208,7 +168,7 @@ def replay_dead_letters(settings: Settings, dry_run: bool, error_class: str | No
 
     with open_pusher(settings, dry_run) as pusher:
         def handle(msg: Message) -> Step:
-            h = letter_headers(msg)
+            h = read_headers(msg)
             p, offset = int(msg.partition() or 0), int(msg.offset() or 0)
             cls = h.get(H_CLASS, "")
             before = f"{cls or '?'} {h.get(H_CODE, '?')}"
@@ -230,7 +190,7 @@ def replay_dead_letters(settings: Settings, dry_run: bool, error_class: str | No
                 return Step.STOP_PARTITION
             event: dict[str, Any] | None = None
             error: RecordError | None = None
-            attempts = _int_header(h, H_ATTEMPTS)
+            attempts = int_header(h, H_ATTEMPTS)
             try:
                 event = events.decode(msg.value(), max_bytes=settings.max_value_bytes)
                 if not transform.is_pushed(event):
@@ -258,8 +218,8 @@ def replay_dead_letters(settings: Settings, dry_run: bool, error_class: str | No
             if producer is None:
                 record(instance_of(event), "would fail again", f"{error.error_class} {error.code}: {error.message}")
                 return _after(msg)
-            replays = _int_header(h, H_REPLAYS) + 1
-            _write_back(producer, dlq, msg, rewrite_headers(msg, error, attempts, replays))
+            replays = int_header(h, H_REPLAYS) + 1
+            _write_back(producer, dlq, msg, rewritten_headers(msg, error, attempts, replays))
             record(instance_of(event), "failed again",
                    f"{error.error_class} {error.code}: {error.message}; back on the DLQ (attempts {attempts}, "
                    f"replays {replays})")

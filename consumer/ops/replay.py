@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,83 +21,80 @@ from confluent_kafka import (
 
 from .. import decode as events
 from .. import transform
+from ..delivery.push import Pusher
 from ..delivery.retry import RateLimiter, SharedBackoff
 from ..erp.client import ErpClient
 from ..erp.verdict import Outcome, Verdict
 from ..errors import RecordError, ToolError, UsageError
 from ..settings import Settings
-from .cluster import Cluster, Step, read_into_summary, reader_config, tool_settings
+from .cluster import Cluster, Step, ToolRun, read_into_summary, reader_config, tool_settings
 from .console import Progress, time_arg
 
 log = logging.getLogger(__name__)
 
-def deliver(erp: ErpClient, backoff: SharedBackoff, rate: RateLimiter | None, body: bytes, key: str,
-            on_retry: Callable[[Verdict, float], None] | None = None) -> tuple[Verdict, int]:
-    """Push one body until the ERP accepts or rejects it, backing off on *retry* answers.
+class _ProgressNotes:
+    """The tools' push observer: a note above the progress bar on every backoff."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+
+    def answered(self, verdict: Verdict, duration_s: float) -> None:
+        """Nothing: the summary counts the results."""
+
+    def backing_off(self, verdict: Verdict, delay_s: float, failures: int, context: object) -> None:
+        """Say that the ERP answered retry and when the next attempt goes."""
+        self.progress.note(f"ERP answered retry ({verdict.code}: {verdict.message or 'no message'}); "
+                           f"retrying in {delay_s:.1f} s")
+
+    def recovered(self, failures: int, failing_for_s: float) -> None:
+        """Nothing: the next result says it."""
+
+
+class ToolPusher:
+    """The push of one tool run, one record at a time.
+
+    It is the consumer's push routine (:class:`~consumer.delivery.push.Pusher`), with a backoff and a
+    rate limit of its own, on an event loop of its own.
 
     Args:
-        erp: the ERP client.
-        backoff: the shared exponential backoff (delays in seconds, from the settings).
-        rate: the request-rate limit, if configured.
-        body: the encoded ERP body.
-        key: the ``Idempotency-Key``.
-        on_retry: called with the *retry* verdict and the new backoff delay (seconds).
-
-    Returns:
-        ``(final verdict, attempts)``; the verdict is accepted or reject, never retry.
+        settings: the ERP settings, backoff and rate limit.
     """
-    attempts = 0
 
-    def never() -> bool:
-        return False
-
-    while True:
-        permit = backoff.acquire(never)
-        if permit is None:  # pragma: no cover - never() is never true
-            raise AssertionError("backoff stopped")
-        if rate is not None:
-            rate.acquire(never)
-        attempts += 1
-        result = erp.post(body, key)
-        if result.outcome is not Outcome.RETRY:
-            backoff.success(permit)
-            return result, attempts
-        delay = backoff.failure(permit, result.retry_after_s)
-        if on_retry is not None and delay is not None:
-            on_retry(result, delay)
-
-
-@dataclass
-class _Pusher:
-    """The ERP client, backoff and rate limit of one tool run (None in a dry run)."""
-
-    erp: ErpClient
-    backoff: SharedBackoff
-    rate: RateLimiter | None
-
-    @classmethod
-    def create(cls, settings: Settings) -> _Pusher:
-        return cls(ErpClient(settings, max_connections=1),
-                   SharedBackoff(settings.retry_backoff_initial_seconds, settings.retry_backoff_max_seconds,
-                                 settings.retry_after_max_seconds),
-                   RateLimiter(settings.erp_max_requests_per_second) if settings.erp_max_requests_per_second
-                   else None)
+    def __init__(self, settings: Settings) -> None:
+        self._runner = asyncio.Runner()
+        self._pusher = Pusher(ErpClient(settings, max_connections=1),
+                              SharedBackoff(settings.retry_backoff_initial_seconds, settings.retry_backoff_max_seconds,
+                                            settings.retry_after_max_seconds),
+                              RateLimiter(settings.erp_max_requests_per_second)
+                              if settings.erp_max_requests_per_second else None)
 
     def push(self, body: bytes, key: str, progress: Progress) -> tuple[Verdict, int]:
-        def retrying(result: Verdict, delay: float) -> None:
-            progress.note(f"ERP answered retry ({result.code}: {result.message or 'no message'}); "
-                          f"retrying in {delay:.1f} s")
+        """Push until the ERP accepts or rejects; retry answers back off (a note on the progress bar).
 
-        return deliver(self.erp, self.backoff, self.rate, body, key, retrying)
+        Returns:
+            ``(final verdict, attempts)``; the verdict is accepted or reject, never retry.
+        """
+        self._pusher.observer = _ProgressNotes(progress)
+        result = self._runner.run(self._pusher.push(body, key, _never))
+        assert result.verdict is not None  # never cancelled: only accepted or reject end it
+        return result.verdict, result.attempts
 
     def close(self) -> None:
-        self.erp.close()
+        """Close the connection pool and the event loop."""
+        try:
+            self._runner.run(self._pusher.erp.aclose())
+        finally:
+            self._runner.close()
+
+
+def _never() -> bool:
+    return False
 
 
 @contextmanager
-def open_pusher(settings: Settings, dry_run: bool) -> Iterator[_Pusher | None]:
+def open_pusher(settings: Settings, dry_run: bool) -> Iterator[ToolPusher | None]:
     """The pusher of one tool run (None in a dry run), closed at the end."""
-    pusher = None if dry_run else _Pusher.create(settings)
+    pusher = None if dry_run else ToolPusher(settings)
     try:
         yield pusher
     finally:
@@ -134,19 +133,17 @@ class Failure:
 
 
 @dataclass
-class ReplaySummary:
-    """Counters of one ``replay``."""
+class ReplaySummary(ToolRun):
+    """The results of one ``replay``.
 
-    scanned: int = 0
-    outside_window: int = 0
-    not_selected: int = 0
-    skipped: int = 0
-    pushed: int = 0
-    duplicates: int = 0
-    would_push: int = 0
+    Attributes:
+        counts: records by result: ``scanned``, ``outside_window``, ``not_selected`` (``--instance-id``),
+            ``skipped`` (not APPROVED), ``pushed``, ``duplicates``, ``would_push`` (dry run).
+        failed: the records that could not be delivered.
+    """
+
+    counts: Counter[str] = field(default_factory=Counter)
     failed: list[Failure] = field(default_factory=list)
-    error: str | None = None
-    interrupted: bool = False
 
 
 def replay_window(settings: Settings, start_ms: int, end_ms: int, instance_ids: set[int] | None,
@@ -186,21 +183,21 @@ def replay_window(settings: Settings, start_ms: int, end_ms: int, instance_ids: 
 
     with open_pusher(settings, dry_run) as pusher:
         def handle(msg: Message) -> Step:
-            summary.scanned += 1
+            summary.counts["scanned"] += 1
             p, offset = int(msg.partition() or 0), int(msg.offset() or 0)
             try:
                 ts_type, ts = msg.timestamp()
                 if ts_type == TIMESTAMP_NOT_AVAILABLE or not start_ms <= ts < end_ms:
-                    summary.outside_window += 1
+                    summary.counts["outside_window"] += 1
                     return Step.NEXT
                 event: dict[str, Any] | None = None
                 try:
                     event = events.decode(msg.value(), max_bytes=settings.max_value_bytes)
                     if instance_ids is not None and event.get("instance_id") not in instance_ids:
-                        summary.not_selected += 1
+                        summary.counts["not_selected"] += 1
                         return Step.NEXT
                     if not transform.is_pushed(event):
-                        summary.skipped += 1
+                        summary.counts["skipped"] += 1
                         return Step.NEXT
                     body, key = transform.erp_request(event)
                 except RecordError as exc:
@@ -208,16 +205,16 @@ def replay_window(settings: Settings, start_ms: int, end_ms: int, instance_ids: 
                                                   exc.message))
                     return Step.NEXT
                 if pusher is None:
-                    summary.would_push += 1
+                    summary.counts["would_push"] += 1
                     print(f"would push: partition {p} offset {offset} instance {event['instance_id']} "
                           f"Idempotency-Key {key}", file=out)
                     return Step.NEXT
                 result, attempts = pusher.push(body, key, progress)
                 if result.outcome is Outcome.ACCEPTED:
                     if result.duplicate:
-                        summary.duplicates += 1
+                        summary.counts["duplicates"] += 1
                     else:
-                        summary.pushed += 1
+                        summary.counts["pushed"] += 1
                 else:
                     summary.failed.append(Failure(p, offset, str(event["instance_id"]), "erp", result.code,
                                                   f"{result.message or result.code} (after {attempts} attempts"
@@ -236,8 +233,9 @@ def replay_window(settings: Settings, start_ms: int, end_ms: int, instance_ids: 
 
 
 def _replay_detail(s: ReplaySummary, dry_run: bool) -> str:
-    done = f"would push {s.would_push}" if dry_run else f"pushed {s.pushed + s.duplicates}"
-    return f"{done}, skipped {s.skipped}, failed {len(s.failed)}"
+    c = s.counts
+    done = f"would push {c['would_push']}" if dry_run else f"pushed {c['pushed'] + c['duplicates']}"
+    return f"{done}, skipped {c['skipped']}, failed {len(s.failed)}"
 
 
 def format_replay_summary(summary: ReplaySummary, topic: str, start: datetime, end: datetime,
@@ -246,16 +244,16 @@ def format_replay_summary(summary: ReplaySummary, topic: str, start: datetime, e
     only = f", only InstanceId {','.join(map(str, sorted(instance_ids)))}" if instance_ids else ""
     lines = [f"Replay of {topic} from {start.isoformat()} to {end.isoformat()} (record timestamps, end "
              f"excluded{only}){' (dry run: nothing sent)' if dry_run else ''}:",
-             f"  records scanned: {summary.scanned}",
-             f"  outside the window: {summary.outside_window}"]
+             f"  records scanned: {summary.counts['scanned']}",
+             f"  outside the window: {summary.counts['outside_window']}"]
     if instance_ids is not None:
-        lines.append(f"  not selected (--instance-id): {summary.not_selected}")
-    lines.append(f"  skipped (status not APPROVED): {summary.skipped}")
+        lines.append(f"  not selected (--instance-id): {summary.counts['not_selected']}")
+    lines.append(f"  skipped (status not APPROVED): {summary.counts['skipped']}")
     if dry_run:
-        lines.append(f"  would push: {summary.would_push}")
+        lines.append(f"  would push: {summary.counts['would_push']}")
     else:
-        lines.append(f"  pushed: {summary.pushed}")
-        lines.append(f"  duplicates (ERP said already done): {summary.duplicates}")
+        lines.append(f"  pushed: {summary.counts['pushed']}")
+        lines.append(f"  duplicates (ERP said already done): {summary.counts['duplicates']}")
     lines.append(f"  failed: {len(summary.failed)}")
     for f in summary.failed:
         lines.append(f"    partition {f.partition} offset {f.offset} instance {f.instance_id}: "

@@ -26,7 +26,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from consumer.erp.client import ErpClient
 from consumer.erp.verdict import Outcome
 from consumer.settings import load_settings
 from dev.harness import (
+    BlockingErp,
     Broker,
     ConsumerProcess,
     committed,
@@ -111,9 +111,9 @@ def _log_time(entry: dict[str, Any]) -> float:
     return time.mktime(time.strptime(whole, "%Y-%m-%d %H:%M:%S")) + int(millis) / 1000
 
 
-def erp_client(url: str, **env: str) -> ErpClient:
-    return ErpClient(load_settings({"ERP_SYNC_ERP_URL": url, "ERP_SYNC_ERP_TIMEOUT_SECONDS": "5", **env}),
-                     max_connections=8)
+def erp_client(url: str, **env: str) -> BlockingErp:
+    return BlockingErp(ErpClient(load_settings({"ERP_SYNC_ERP_URL": url, "ERP_SYNC_ERP_TIMEOUT_SECONDS": "5", **env}),
+                                 max_connections=8))
 
 
 # ------------------------------------------------------------------------------------------ fault 5 (a)
@@ -162,14 +162,12 @@ def test_stale_keepalive_connections_are_replaced_by_fresh_ones(erp: ErpStub, st
         stub.clear()
         stub.behaviour(close_idle_after_s=0.3, latency_ms=100)
 
-        def push(i: int) -> Any:
-            body, key = transform.erp_request(event(5_100_000_000_000_002_000 + i))
-            return client.post(body, key)
+        def bodies(ids: range) -> list[tuple[bytes, str]]:
+            return [transform.erp_request(event(5_100_000_000_000_002_000 + i)) for i in ids]
 
-        with ThreadPoolExecutor(8) as pool:
-            first = list(pool.map(push, range(8)))
-            time.sleep(1.0)
-            second = list(pool.map(push, range(8, 16)))
+        first = client.post_many(bodies(range(8)))
+        time.sleep(1.0)
+        second = client.post_many(bodies(range(8, 16)))
         reqs = stub.requests()
         assert [v.outcome for v in first + second] == [Outcome.ACCEPTED] * 16, [v.code for v in first + second]
         old = {r["peer_port"] for r in reqs if int(r["instance_id"]) % 1000 < 8}

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -44,6 +43,7 @@ from consumer.errors import ConfigError
 from consumer.settings import load_settings
 from dev.harness import (
     ERP_SYNC,
+    BlockingErp,
     Broker,
     committed,
     consumer_env,
@@ -93,12 +93,12 @@ def base_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("ERP_SYNC_")}
 
 
-def erp_client(url: str, **env: str) -> ErpClient:
-    return ErpClient(load_settings({"ERP_SYNC_ERP_URL": url, "ERP_SYNC_ERP_TIMEOUT_SECONDS": "5", **env}),
-                     max_connections=4)
+def erp_client(url: str, **env: str) -> BlockingErp:
+    return BlockingErp(ErpClient(load_settings({"ERP_SYNC_ERP_URL": url, "ERP_SYNC_ERP_TIMEOUT_SECONDS": "5", **env}),
+                                 max_connections=4))
 
 
-def push_one(client: ErpClient, instance_id: int) -> Any:
+def push_one(client: BlockingErp, instance_id: int) -> Any:
     body, key = transform.erp_request(event(instance_id))
     return client.post(body, key)
 
@@ -562,21 +562,12 @@ def test_url_userinfo_does_not_silently_replace_the_configured_auth_header(erp: 
     assert stub.requests()[0]["headers"]["authorization"] == "Bearer configured-token"
 
 
-def test_refused_connection_is_connect_error_on_both_paths() -> None:
+def test_refused_connection_is_connect_error() -> None:
     """httpx-aiohttp maps a refused connection to ConnectTimeout; the verdict must say ConnectError."""
     port = free_port()  # nothing listens there
     client = erp_client(f"http://127.0.0.1:{port}/erp/push")
     body, key = transform.erp_request(event(7))
-
-    async def push() -> Any:
-        try:
-            return await client.post_async(body, key)
-        finally:
-            await client.aclose()
-
-    async_verdict = asyncio.run(push())
-    sync_verdict = client.post(body, key)
+    verdict = client.post(body, key)
     client.close()
-    assert (async_verdict.outcome, async_verdict.code) == (Outcome.RETRY, "ConnectError"), async_verdict
-    assert (sync_verdict.outcome, sync_verdict.code) == (Outcome.RETRY, "ConnectError"), sync_verdict
-    assert f"127.0.0.1:{port}" in async_verdict.message
+    assert (verdict.outcome, verdict.code) == (Outcome.RETRY, "ConnectError"), verdict
+    assert f"127.0.0.1:{port}" in verdict.message

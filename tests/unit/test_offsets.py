@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.delivery.offsets import OffsetTracker, PartitionOffsets
+from consumer.delivery.offsets import PartitionOffsets
+from consumer.delivery.partitions import Assignment
 
 
 def test_nothing_committable_until_first_record_finishes() -> None:
@@ -169,28 +170,32 @@ def test_committable_never_at_or_below_committed() -> None:
     assert p.committable() is None  # floor 2 <= committed 5
 
 
-def test_offset_tracker() -> None:
-    t = OffsetTracker()
+def test_assignment_tracks_each_owned_partition() -> None:
+    t = Assignment()
     a = t.assign("t", 0, None)
     b = t.assign("t", 1, 7)
     assert t.get("t", 0) is a and t.get("t", 1) is b and t.get("t", 2) is None
-    a.track(0)
-    b.track(7)
-    b.track(8)
+    a.offsets.track(0)
+    b.offsets.track(7)
+    b.offsets.track(8)
     assert t.unfinished == 3
     assert t.committable() == {}
-    a.done(0)
-    b.done(7)
+    a.finish(0)
+    b.finish(7)
     assert t.committable() == {("t", 0): 1, ("t", 1): 8}
-    a.mark_committed(1)
+    assert t.committable(only=[("t", 1), ("t", 9)]) == {("t", 1): 8}
+    a.offsets.mark_committed(1)
     assert t.committable() == {("t", 1): 8}
-    assert t.revoke("t", 1) is b
-    assert t.revoke("t", 1) is None
+    assert t.release([("t", 1)]) == [b]
+    assert b.released and b.cancelled and not a.released
+    assert t.release([("t", 1)]) == []
     assert t.committable() == {}
     assert t.unfinished == 0
+    b.finish(8)  # a completion after the release changes nothing
+    assert b.offsets.unfinished == 1
     # re-assignment starts fresh from the group's committed offset
     c = t.assign("t", 1, 8)
-    assert c is not b and c.committable() is None and c.track(8) is True
+    assert c is not b and c.offsets.committable() is None and c.offsets.track(8) is True
 
 
 # --- property -------------------------------------------------------------------------------

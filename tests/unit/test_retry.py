@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import queue
-import threading
-import time
+import asyncio
+from typing import Any
 
 import pytest
 
@@ -35,10 +34,15 @@ def make(rng: float = 1.0, initial: float = 1.0, max_s: float = 8.0, ra_max: flo
     return b, clock, changes
 
 
+def acq(limiter: SharedBackoff | RateLimiter, *args: Any, **kwargs: Any) -> Any:
+    """Run one ``acquire`` coroutine to its end (every test owns its event loop)."""
+    return asyncio.run(limiter.acquire(*args, **kwargs))
+
+
 def probe(b: SharedBackoff, clock: FakeClock) -> Permit:
     """Move the fake clock to the deadline and take the probe permit."""
     clock.t = max(clock.t, b._not_before)
-    p = b.acquire(never)
+    p = acq(b, never)
     assert p is not None and p.probe is True
     return p
 
@@ -48,7 +52,7 @@ def probe(b: SharedBackoff, clock: FakeClock) -> Permit:
                                                (0.5, [0.75, 1.5, 3.0, 6.0, 6.0, 6.0])])
 def test_delays_double_to_max(rng: float, expected: list[float]) -> None:
     b, clock, changes = make(rng)
-    p = b.acquire(never)
+    p = acq(b, never)
     assert p == Permit(0, False)
     delays = [b.failure(p)]
     for _ in range(5):
@@ -62,14 +66,14 @@ def test_delays_double_to_max(rng: float, expected: list[float]) -> None:
 def test_deadline_is_clock_plus_delay() -> None:
     b, clock, _ = make(1.0)
     clock.t = 100.0
-    b.failure(b.acquire(never))
+    b.failure(acq(b, never))
     assert b._not_before == 101.0
 
     def tick() -> bool:
         clock.t += 0.25
         return False
 
-    p = b.acquire(tick, poll_s=0.001)
+    p = acq(b, tick, poll_s=0.001)
     # the probe was only handed out once the clock reached 101.0
     assert p == Permit(1, True)
     assert clock.t == 101.0
@@ -77,8 +81,8 @@ def test_deadline_is_clock_plus_delay() -> None:
 
 def test_stale_permit_failure_does_not_escalate() -> None:
     b, clock, changes = make(1.0)
-    p1 = b.acquire(never)
-    p2 = b.acquire(never)
+    p1 = acq(b, never)
+    p2 = acq(b, never)
     assert p1 == p2 == Permit(0, False)
     assert b.failure(p1) == 1.0
     assert b.failure(p2) is None  # the same period, already escalated
@@ -91,7 +95,7 @@ def test_stale_permit_failure_does_not_escalate() -> None:
 
 def test_retry_after_wins_when_larger_and_is_capped() -> None:
     b, clock, changes = make(1.0, initial=1.0, max_s=8.0, ra_max=30.0)
-    assert b.failure(b.acquire(never), retry_after_s=5.0) == 5.0
+    assert b.failure(acq(b, never), retry_after_s=5.0) == 5.0
     assert b.failure(probe(b, clock), retry_after_s=0.5) == 2.0  # step wins
     assert b.failure(probe(b, clock), retry_after_s=1000.0) == 30.0  # capped
     assert b.failure(probe(b, clock), retry_after_s=float("inf")) == 30.0
@@ -101,13 +105,13 @@ def test_retry_after_wins_when_larger_and_is_capped() -> None:
 
 def test_success_resets() -> None:
     b, clock, changes = make(1.0)
-    b.failure(b.acquire(never))
+    b.failure(acq(b, never))
     b.failure(probe(b, clock))
     pr = probe(b, clock)
     b.success(pr)
     assert (b.failures, b.delay_s) == (0, 0.0)
     assert changes == [1.0, 2.0, 0.0]
-    p = b.acquire(never)
+    p = acq(b, never)
     assert p == Permit(b.epoch, False)
     b.success(p)  # healthy already: no change reported
     assert changes == [1.0, 2.0, 0.0]
@@ -119,7 +123,7 @@ def test_a_stale_success_does_not_end_the_backoff() -> None:
     """An answer to a request sent before the failure (an ERP going down still answers those) changes
     nothing; only the probe's answer ends the backoff."""
     b, clock, changes = make(1.0)
-    old, other = b.acquire(never), b.acquire(never)
+    old, other = acq(b, never), acq(b, never)
     clock.t = 5.0
     assert b.failure(old) == 1.0
     assert b.success(other) == 0
@@ -133,7 +137,7 @@ def test_a_stale_success_does_not_end_the_backoff() -> None:
 
 def test_only_one_probe_while_failing_fake_clock() -> None:
     b, clock, _ = make(1.0)
-    b.failure(b.acquire(never))
+    b.failure(acq(b, never))
     first = probe(b, clock)
     calls = 0
 
@@ -142,7 +146,7 @@ def test_only_one_probe_while_failing_fake_clock() -> None:
         calls += 1
         return calls > 3
 
-    assert b.acquire(stop_after_three, poll_s=0.001) is None
+    assert acq(b, stop_after_three, poll_s=0.001) is None
     assert calls == 4
     b.failure(first)
     assert probe(b, clock) == Permit(2, True)
@@ -150,58 +154,55 @@ def test_only_one_probe_while_failing_fake_clock() -> None:
 
 def test_acquire_returns_none_when_stopped() -> None:
     b, clock, _ = make(1.0)
-    assert b.acquire(always) is None
-    b.failure(b.acquire(never))
-    assert b.acquire(always) is None
+    assert acq(b, always) is None
+    b.failure(acq(b, never))
+    assert acq(b, always) is None
     clock.t = 10.0
-    assert b.acquire(always) is None
+    assert acq(b, always) is None
 
 
-def test_one_probe_at_a_time_with_real_threads() -> None:
-    b = SharedBackoff(0.001, 0.002, rng=lambda: 1.0)
-    stop = threading.Event()
-    got: queue.Queue[Permit | None] = queue.Queue()
+def test_one_probe_at_a_time_among_concurrent_pushes() -> None:
+    async def scenario() -> None:
+        b = SharedBackoff(0.001, 0.002, rng=lambda: 1.0)
+        stopped = False
+        got: asyncio.Queue[Permit | None] = asyncio.Queue()
 
-    def worker() -> None:
-        got.put(b.acquire(stop.is_set, poll_s=0.002))
+        async def worker() -> None:
+            await got.put(await b.acquire(lambda: stopped, poll_s=0.002))
 
-    assert b.failure(b.acquire(never)) == 0.001
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    try:
-        p1 = got.get(timeout=5)
+        assert b.failure(await b.acquire(never)) == 0.001
+        tasks = [asyncio.create_task(worker()) for _ in range(8)]
+        p1 = await asyncio.wait_for(got.get(), 5)
         assert p1 is not None and p1.probe is True and p1.epoch == 1
-        time.sleep(0.15)  # the deadline passed long ago; nobody else may have a permit
+        await asyncio.sleep(0.15)  # the deadline passed long ago; nobody else may have a permit
         assert got.empty()
         assert b.failure(p1) == 0.002
-        p2 = got.get(timeout=5)
+        p2 = await asyncio.wait_for(got.get(), 5)
         assert p2 is not None and p2.probe is True and p2.epoch == 2
-        time.sleep(0.15)
+        await asyncio.sleep(0.15)
         assert got.empty()
         b.success(p2)
-        rest = [got.get(timeout=5) for _ in range(6)]
+        rest = [await asyncio.wait_for(got.get(), 5) for _ in range(6)]
         assert rest == [Permit(3, False)] * 6
-    finally:
+        stopped = True
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        assert got.empty()
+
+    asyncio.run(scenario())
+
+
+def test_waiting_pushes_stop_when_asked() -> None:
+    async def scenario() -> list[Permit | None]:
+        b = SharedBackoff(60.0, 60.0, rng=lambda: 1.0)
+        b.failure(await b.acquire(never))
+        stop = asyncio.Event()
+        waiting = asyncio.create_task(b.acquire(stop.is_set, poll_s=0.01))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
         stop.set()
-        for t in threads:
-            t.join(timeout=5)
-    assert not any(t.is_alive() for t in threads)
-    assert got.empty()
+        return [await asyncio.wait_for(waiting, 2)]
 
-
-def test_waiting_threads_stop_when_asked() -> None:
-    b = SharedBackoff(60.0, 60.0, rng=lambda: 1.0)
-    b.failure(b.acquire(never))
-    stop = threading.Event()
-    results: list[Permit | None] = []
-    t = threading.Thread(target=lambda: results.append(b.acquire(stop.is_set, poll_s=0.01)))
-    t.start()
-    time.sleep(0.05)
-    assert results == []
-    stop.set()
-    t.join(timeout=2)
-    assert results == [None]
+    assert asyncio.run(scenario()) == [None]
 
 
 # --- RateLimiter ----------------------------------------------------------------------------
@@ -211,32 +212,32 @@ def test_rate_limiter_tokens_per_second() -> None:
     clock = FakeClock()
     r = RateLimiter(5, clock=clock)
     assert r.capacity == 5
-    assert [r.acquire(always) for _ in range(6)] == [True] * 5 + [False]
+    assert [acq(r, always) for _ in range(6)] == [True] * 5 + [False]
     clock.t = 0.2
-    assert [r.acquire(always) for _ in range(2)] == [True, False]
+    assert [acq(r, always) for _ in range(2)] == [True, False]
     clock.t = 1.2
-    assert [r.acquire(always) for _ in range(6)] == [True] * 5 + [False]
+    assert [acq(r, always) for _ in range(6)] == [True] * 5 + [False]
     clock.t = 101.2  # idle for long: the bucket holds at most one second's worth
-    assert [r.acquire(always) for _ in range(6)] == [True] * 5 + [False]
+    assert [acq(r, always) for _ in range(6)] == [True] * 5 + [False]
 
 
 def test_rate_limiter_burst_and_slow_rates() -> None:
     clock = FakeClock()
     r = RateLimiter(10, burst=2, clock=clock)
-    assert [r.acquire(always) for _ in range(3)] == [True, True, False]
+    assert [acq(r, always) for _ in range(3)] == [True, True, False]
     slow = RateLimiter(0.5, clock=clock)
     assert slow.capacity == 1.0
-    assert [slow.acquire(always) for _ in range(2)] == [True, False]
+    assert [acq(slow, always) for _ in range(2)] == [True, False]
     clock.t += 1.0
-    assert slow.acquire(always) is False
+    assert acq(slow, always) is False
     clock.t += 1.0
-    assert slow.acquire(always) is True
+    assert acq(slow, always) is True
 
 
 def test_rate_limiter_waits_for_a_token() -> None:
     clock = FakeClock()
     r = RateLimiter(64, burst=1, clock=clock)
-    assert r.acquire(never) is True
+    assert acq(r, never) is True
     calls = 0
 
     def tick() -> bool:
@@ -245,6 +246,6 @@ def test_rate_limiter_waits_for_a_token() -> None:
         clock.t += 1 / 128  # half a token per check
         return False
 
-    assert r.acquire(tick) is True
+    assert acq(r, tick) is True
     assert calls == 2
     assert clock.t == 2 / 128

@@ -1,0 +1,98 @@
+"""Pushes in flight: records handed to the push event loop, and their results handed back.
+
+The loop submits an approved record (:meth:`InFlight.submit`); :mod:`.dispatch` runs the one push
+routine (:mod:`.push`) for it on the push event loop, one record at a time per key; the result
+comes back through a queue, and :meth:`InFlight.settle_results` (on the loop's thread) turns each
+into its disposition (:func:`~.settle.disposition_of`) and settles it.
+
+A push is given up (``RETRY`` or ``ABANDONED``, never a dead letter) when its partition is being
+revoked or is gone, once the shutdown deadline passed (:meth:`InFlight.abandon`), or when stopping
+while the ERP fails. At shutdown, buffered records are still delivered while the ERP answers, so
+that few finished records sit behind an abandoned one (each would be pushed again).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Hashable
+
+from ..erp.client import ErpClient
+from .dispatch import KeyedDispatcher
+from .push import Pusher, PushResult
+from .settle import Record, Settler, disposition_of
+
+log = logging.getLogger(__name__)
+
+
+class InFlight:
+    """The push side of the loop.
+
+    Args:
+        max_in_flight: pushes running at once (``ERP_SYNC_MAX_IN_FLIGHT``).
+        pusher: the push routine with its ERP client, backoff and rate limit.
+        settler: where results are settled.
+        stopping: True once the loop is stopping.
+    """
+
+    def __init__(self, max_in_flight: int, pusher: Pusher, settler: Settler, stopping: Callable[[], bool]) -> None:
+        self.pusher = pusher
+        self.settler = settler
+        self._stopping = stopping
+        self._abandon = threading.Event()
+        self._results: queue.SimpleQueue[tuple[Record, PushResult]] = queue.SimpleQueue()
+        self.dispatcher: KeyedDispatcher[Record] = KeyedDispatcher(max_in_flight, self._push, self._crashed)
+
+    @property
+    def running(self) -> int:
+        """Pushes running now (sending, or waiting out a backoff)."""
+        return self.dispatcher.running
+
+    def start(self) -> None:
+        """Start the push event loop."""
+        self.dispatcher.start()
+
+    def submit(self, record: Record, key: Hashable) -> None:
+        """Push ``record`` after the earlier records of ``key``; it is outstanding until settled."""
+        self.settler.submitted(record)
+        self.dispatcher.submit(key, record)
+
+    def settle_results(self, block_s: float = 0.0) -> None:
+        """Settle every result handed back (waiting up to ``block_s`` seconds for the first)."""
+        try:
+            record, result = self._results.get(timeout=block_s) if block_s else self._results.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            disposition, error = disposition_of(result)
+            self.settler.settle(record, disposition, error=error, attempts=result.attempts, pushed=True)
+            try:
+                record, result = self._results.get_nowait()
+            except queue.Empty:
+                return
+
+    def abandon(self) -> None:
+        """The shutdown deadline passed: every push still waiting gives up."""
+        self._abandon.set()
+
+    def close(self, erp: ErpClient) -> None:
+        """Close the ERP connection pool and stop the push event loop (without waiting for hung requests)."""
+        try:
+            self.dispatcher.call(erp.aclose(), timeout_s=2.0)
+        except Exception:  # noqa: BLE001 - hung requests: the process exits anyway
+            pass
+        self.dispatcher.shutdown(wait=False, timeout_s=1.0)
+
+    def _cancelled(self, record: Record) -> bool:
+        if record.partition.cancelled or self._abandon.is_set():
+            return True
+        return self._stopping() and self.pusher.backoff.failures > 0
+
+    async def _push(self, record: Record) -> None:
+        result = await self.pusher.push(record.body, record.idempotency_key, lambda: self._cancelled(record), record)
+        self._results.put((record, result))
+
+    def _crashed(self, record: Record, exc: BaseException) -> None:
+        log.error("push worker failed: %r", exc, exc_info=exc, extra={"event": "worker_bug"})
+        self._results.put((record, PushResult(None, 0)))

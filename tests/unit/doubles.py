@@ -1,0 +1,293 @@
+"""In-memory doubles at the delivery loop's seams: a Kafka consumer, a dead-letter producer, an ERP.
+
+They behave as librdkafka does where the loop depends on it: rebalance callbacks and ``on_commit``
+fire inside ``consume()``; a partition at its end yields one ``_PARTITION_EOF`` event; ``pause``
+stops fetching a partition until ``resume``; ``position`` is the next offset to fetch; commits are
+recorded in the order they were made. The ERP is an ``httpx.MockTransport`` whose handler the test
+writes. Nothing here talks to a network: the real broker and real HTTP servers are proven by
+``tests/integration`` and ``tests/faults``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+from confluent_kafka import OFFSET_INVALID, TIMESTAMP_CREATE_TIME, KafkaError, TopicPartition
+
+TP = tuple[str, int]
+
+
+class FakeMessage:
+    """A record (or an event, when ``err`` is set) as ``confluent_kafka.Message`` shows it."""
+
+    def __init__(self, topic: str, partition: int, offset: int, value: bytes | None = None, key: bytes | None = None,
+                 timestamp_ms: int = 1_732_886_400_000, headers: list[tuple[str, bytes | None]] | None = None,
+                 err: KafkaError | None = None) -> None:
+        self._topic, self._partition, self._offset = topic, partition, offset
+        self._value, self._key, self._ts, self._headers, self._err = value, key, timestamp_ms, headers, err
+
+    def error(self) -> KafkaError | None:
+        return self._err
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def timestamp(self) -> tuple[int, int]:
+        return TIMESTAMP_CREATE_TIME, self._ts
+
+    def headers(self) -> list[tuple[str, bytes | None]] | None:
+        return self._headers
+
+
+@dataclass
+class Commit:
+    """One commit call: the offsets and whether it was asynchronous."""
+
+    offsets: dict[TP, int]
+    asynchronous: bool
+
+
+@dataclass
+class FakeCluster:
+    """What the broker holds: the records of each partition and the group's committed offsets."""
+
+    logs: dict[TP, list[FakeMessage]] = field(default_factory=dict)
+    committed: dict[TP, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def append(self, topic: str, partition: int, value: bytes | None, key: bytes | None = None) -> int:
+        """Write a record; return its offset."""
+        with self.lock:
+            log = self.logs.setdefault((topic, partition), [])
+            offset = len(log)
+            log.append(FakeMessage(topic, partition, offset, value, key))
+            return offset
+
+
+class FakeConsumer:
+    """A ``confluent_kafka.Consumer`` over a :class:`FakeCluster`, driven by the test.
+
+    The test calls :meth:`assign`, :meth:`revoke` and :meth:`lose`; the callbacks run inside the
+    next ``consume()`` as librdkafka runs them inside ``poll``.
+    """
+
+    def __init__(self, cluster: FakeCluster, conf: dict[str, Any]) -> None:
+        self.cluster = cluster
+        self.conf = conf
+        self.on_commit: Callable[[KafkaError | None, list[TopicPartition]], None] | None = conf.get("on_commit")
+        self.listener: dict[str, Callable[..., None]] = {}
+        self.topics: list[str] = []
+        self.assigned: list[TP] = []
+        self.paused: set[TP] = set()
+        self.positions: dict[TP, int] = {}
+        self.eof_sent: set[TP] = set()
+        self.commits: list[Commit] = []
+        self.pause_calls: list[list[TP]] = []
+        self.resume_calls: list[list[TP]] = []
+        self.closed = False
+        self._events: deque[tuple[str, list[TP]]] = deque()
+        self._commit_answers: deque[list[TopicPartition]] = deque()
+
+    # --- what the test does
+
+    def assign(self, tps: list[TP]) -> None:
+        self._events.append(("assign", tps))
+
+    def revoke(self, tps: list[TP] | None = None) -> None:
+        self._events.append(("revoke", list(self.assigned) if tps is None else tps))
+
+    def lose(self, tps: list[TP] | None = None) -> None:
+        self._events.append(("lost", list(self.assigned) if tps is None else tps))
+
+    def committed_offsets(self) -> dict[TP, int]:
+        """The last offset committed per partition (in commit order)."""
+        out: dict[TP, int] = {}
+        for c in self.commits:
+            out.update(c.offsets)
+        return out
+
+    # --- the confluent_kafka.Consumer API the loop uses
+
+    def subscribe(self, topics: list[str], on_assign: Callable[..., None], on_revoke: Callable[..., None],
+                  on_lost: Callable[..., None]) -> None:
+        self.topics = list(topics)
+        self.listener = {"assign": on_assign, "revoke": on_revoke, "lost": on_lost}
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
+        while self._commit_answers:
+            answered = self._commit_answers.popleft()
+            if self.on_commit is not None:
+                self.on_commit(None, answered)
+        while self._events:
+            kind, tps = self._events.popleft()
+            self._rebalance(kind, tps)
+        out: list[FakeMessage] = []
+        with self.cluster.lock:
+            for tp in self.assigned:
+                if tp in self.paused:
+                    continue
+                log = self.cluster.logs.get(tp, [])
+                pos = self.positions.get(tp, 0)
+                while pos < len(log) and len(out) < num_messages:
+                    out.append(log[pos])
+                    pos += 1
+                    self.eof_sent.discard(tp)
+                self.positions[tp] = pos
+                if pos >= len(log) and tp not in self.eof_sent and len(out) < num_messages:
+                    self.eof_sent.add(tp)
+                    out.append(FakeMessage(tp[0], tp[1], pos, err=KafkaError(KafkaError._PARTITION_EOF)))
+        if not out and timeout > 0:
+            threading.Event().wait(min(timeout, 0.005))
+        return out
+
+    def _rebalance(self, kind: str, tps: list[TP]) -> None:
+        parts = [TopicPartition(t, p) for t, p in tps]
+        if kind == "assign":
+            for tp in tps:
+                start = self.cluster.committed.get(tp, 0)
+                self.positions[tp] = start
+                self.eof_sent.discard(tp)
+            self.assigned = sorted(set(self.assigned) | set(tps))
+            self.listener["assign"](self, parts)
+        else:
+            self.listener[kind](self, parts)
+            self.assigned = [tp for tp in self.assigned if tp not in tps]
+            self.paused -= set(tps)
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t, p in self.assigned]
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        tps = [(tp.topic, tp.partition) for tp in partitions]
+        self.pause_calls.append(tps)
+        self.paused |= set(tps)
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        tps = [(tp.topic, tp.partition) for tp in partitions]
+        self.resume_calls.append(tps)
+        self.paused -= set(tps)
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, self.positions.get((tp.topic, tp.partition), OFFSET_INVALID))
+                for tp in partitions]
+
+    def committed(self, partitions: list[TopicPartition], timeout: float = -1) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, self.cluster.committed.get((tp.topic, tp.partition),
+                                                                                  OFFSET_INVALID))
+                for tp in partitions]
+
+    def commit(self, *, offsets: list[TopicPartition], asynchronous: bool = True) -> list[TopicPartition] | None:
+        assert not self.closed, "commit after close"
+        done = {(tp.topic, tp.partition): tp.offset for tp in offsets}
+        self.commits.append(Commit(done, asynchronous))
+        with self.cluster.lock:
+            self.cluster.committed.update(done)
+        answer = [TopicPartition(tp.topic, tp.partition, tp.offset) for tp in offsets]
+        if asynchronous:
+            self._commit_answers.append(answer)
+            return None
+        return answer
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeProducer:
+    """The dead-letter producer: keeps what it was given; the broker's answer comes with ``poll``.
+
+    ``fail_with`` set to a KafkaError code makes every delivery fail with it (the DLQ cannot be written).
+    """
+
+    def __init__(self) -> None:
+        self.written: list[dict[str, Any]] = []
+        self.attempts = 0
+        self.fail_with: int | None = None
+        self._pending: deque[tuple[Callable[..., None], dict[str, Any]]] = deque()
+
+    def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None, **kwargs: Any) -> None:
+        self.attempts += 1
+        letter = {"topic": topic, "key": key, "value": value, "headers": kwargs.get("headers") or []}
+        self._pending.append((kwargs["on_delivery"], letter))
+
+    def poll(self, timeout: float = 0) -> int:
+        served = 0
+        while self._pending:
+            callback, letter = self._pending.popleft()
+            if self.fail_with is not None:
+                callback(KafkaError(self.fail_with), None)
+            else:
+                self.written.append(letter)
+                callback(None, None)
+            served += 1
+        return served
+
+    def flush(self, timeout: float = 0) -> int:
+        self.poll()
+        return 0
+
+
+Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
+
+
+class FakeErp:
+    """An ERP behind ``httpx.MockTransport``: answers by InstanceId, records what it received.
+
+    ``answer(instance_id) -> (status, code or None)`` decides; ``delay_s(instance_id)`` sleeps first;
+    ``gate`` (an asyncio.Event created on the push loop) holds every request until set.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.answered: list[int] = []
+        self.answer: Callable[[int], tuple[int, str | None]] = lambda _iid: (200, None)
+        self.delay_s: Callable[[int], float] = lambda _iid: 0.0
+        self.hold = threading.Event()
+        self.hold.set()
+        self.in_flight = 0
+        self.lock = threading.Lock()
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        body = request.content
+        doc = orjson.loads(body)
+        iid = int(doc["InstanceId"])
+        with self.lock:
+            self.received.append({"body": body, "headers": dict(request.headers), "instance_id": iid})
+            self.in_flight += 1
+        try:
+            delay = self.delay_s(iid)
+            if delay:
+                await asyncio.sleep(delay)
+            while not self.hold.is_set():
+                await asyncio.sleep(0.005)
+            status, code = self.answer(iid)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+        with self.lock:
+            self.answered.append(iid)
+        response: dict[str, Any] = {"RequestId": f"req-{iid}"}
+        if code is not None:
+            response["Error"] = {"Code": code, "Message": f"{code} for {iid}"}
+        return httpx.Response(status, content=orjson.dumps({"Response": response}))
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.handle)

@@ -1,0 +1,297 @@
+"""The delivery loop's decisions, with doubles at its seams (tests/unit/doubles.py): no broker, no socket.
+
+Each test builds a real :class:`~consumer.delivery.pipeline.Pipeline` (its dispatcher, push routine,
+settle point, committer, rebalance handling and flow control are the product's) with a fake Kafka
+consumer, a fake dead-letter producer and an ``httpx.MockTransport`` ERP, and drives it step by step.
+The same behaviours are proven against a real broker and real HTTP servers in tests/integration and
+tests/faults; these tests pin the decisions down in milliseconds.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from consumer.delivery.dead_letters import H_CLASS, H_CODE, H_OFFSET, H_REQUEST_ID
+from consumer.delivery.pipeline import Pipeline
+from consumer.devstack.events import encode, spec_example_event
+from consumer.settings import load_settings
+from consumer.transform import erp_request
+from tests.unit.doubles import FakeCluster, FakeConsumer, FakeErp, FakeProducer
+
+TOPIC = "wf"
+SPEC_BODY, SPEC_KEY = erp_request(spec_example_event())
+
+
+def event(instance_id: int, status: str = "APPROVED") -> bytes:
+    return encode({**spec_example_event(), "instance_id": instance_id, "status": status})
+
+
+class Loop:
+    """A pipeline over the doubles, stepped by the test."""
+
+    def __init__(self, start: bool = True, **env: str) -> None:
+        self.cluster = FakeCluster()
+        self.consumers: list[FakeConsumer] = []
+        self.producer = FakeProducer()
+        self.erp = FakeErp()
+        settings = load_settings({"ERP_SYNC_ERP_URL": "http://erp.test/push", "ERP_SYNC_TOPIC": TOPIC,
+                                  "ERP_SYNC_COMMIT_INTERVAL_SECONDS": "0.01", "ERP_SYNC_METRICS_PORT": "0", **env})
+        self.p = Pipeline(settings, consumer_factory=self._consumer, producer=self.producer,
+                          erp_transport=self.erp.transport())
+        if start:
+            self.p.start()
+
+    def _consumer(self, conf: dict[str, Any]) -> FakeConsumer:
+        consumer = FakeConsumer(self.cluster, conf)
+        self.consumers.append(consumer)
+        return consumer
+
+    @property
+    def consumer(self) -> FakeConsumer:
+        return self.consumers[-1]
+
+    def until(self, predicate: Callable[[], bool], timeout_s: float = 10.0, what: str = "") -> None:
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out waiting for {what or predicate}"
+            self.p.step()
+
+    def steps(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.p.step()
+
+    def close(self) -> None:
+        self.erp.hold.set()
+        self.p.stop("test over")
+        self.p.shutdown()
+
+
+@pytest.fixture
+def make() -> Iterator[Callable[..., Loop]]:
+    loops: list[Loop] = []
+
+    def build(start: bool = True, **env: str) -> Loop:
+        loop = Loop(start, **env)
+        loops.append(loop)
+        return loop
+
+    yield build
+    for loop in loops:
+        if not loop.p.stopping:
+            loop.close()
+
+
+def test_spec_example_is_pushed_byte_exact_and_committed(make: Callable[..., Loop]) -> None:
+    loop = make()
+    loop.cluster.append(TOPIC, 0, encode(spec_example_event()))
+    loop.consumer.assign([(TOPIC, 0)])
+    loop.until(lambda: loop.consumer.committed_offsets().get((TOPIC, 0)) == 1, what="commit of offset 1")
+    assert [r["body"] for r in loop.erp.received] == [SPEC_BODY]
+    assert loop.erp.received[0]["headers"]["idempotency-key"] == SPEC_KEY == "1425737370216521773-1427810976874430514"
+    assert (loop.p.stats.pushed, loop.p.stats.skipped, loop.p.stats.dead_lettered) == (1, 0, 0)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_commit_never_passes_an_unfinished_record_under_random_completion_orders(
+        make: Callable[..., Loop], seed: int) -> None:
+    rng = random.Random(seed)
+    loop = make(ERP_SYNC_MAX_IN_FLIGHT="16")
+    statuses: dict[tuple[int, int], str] = {}
+    offsets_of: dict[int, tuple[int, int]] = {}
+    for i in range(240):
+        partition = rng.randrange(3)
+        status = "APPROVED" if rng.random() < 0.7 else "REJECTED"
+        iid = 9_000_000 + i
+        offset = loop.cluster.append(TOPIC, partition, event(iid, status), key=str(rng.randrange(40)).encode())
+        statuses[(partition, offset)] = status
+        offsets_of[iid] = (partition, offset)
+    delays = {iid: rng.choice([0.0, 0.0, 0.001, 0.004, 0.012]) for iid in offsets_of}
+    loop.erp.delay_s = lambda iid: delays[iid]
+    answered: set[tuple[int, int]] = set()
+    violations: list[str] = []
+    original_commit = loop.consumer.commit
+
+    def checked_commit(*, offsets: Any, asynchronous: bool = True) -> Any:
+        with loop.erp.lock:
+            answered.update(offsets_of[iid] for iid in loop.erp.answered)
+        for tp in offsets:
+            for off in range(tp.offset):
+                done = statuses[(tp.partition, off)] != "APPROVED" or (tp.partition, off) in answered
+                if not done:
+                    violations.append(f"committed {tp.partition}@{tp.offset} before {off} was answered")
+        return original_commit(offsets=offsets, asynchronous=asynchronous)
+
+    loop.consumer.commit = checked_commit  # type: ignore[method-assign]
+    loop.consumer.assign([(TOPIC, p) for p in range(3)])
+    ends = {p: sum(1 for (q, _o) in statuses if q == p) for p in range(3)}
+    loop.until(lambda: all(loop.consumer.committed_offsets().get((TOPIC, p)) == ends[p] for p in range(3)),
+               what="commits at the end of every partition")
+    assert violations == []
+    approved = sum(1 for s in statuses.values() if s == "APPROVED")
+    assert sorted(r["instance_id"] for r in loop.erp.received) == sorted(
+        iid for iid, tp in offsets_of.items() if statuses[tp] == "APPROVED")
+    assert (loop.p.stats.pushed, loop.p.stats.skipped) == (approved, 240 - approved)
+    committed = [c.offsets for c in loop.consumer.commits]
+    for p in range(3):  # never backwards
+        seq = [c[(TOPIC, p)] for c in committed if (TOPIC, p) in c]
+        assert seq == sorted(seq)
+
+
+def test_per_key_order_holds_with_concurrent_pushes(make: Callable[..., Loop]) -> None:
+    loop = make(ERP_SYNC_MAX_IN_FLIGHT="8")
+    rng = random.Random(11)
+    sent: dict[bytes, list[int]] = {}
+    for i in range(120):
+        key = str(i % 6).encode()
+        iid = 7_000_000 + i
+        loop.cluster.append(TOPIC, 0, event(iid), key=key)
+        sent.setdefault(key, []).append(iid)
+    loop.erp.delay_s = lambda iid: rng.choice([0.0, 0.003, 0.01])
+    loop.consumer.assign([(TOPIC, 0)])
+    loop.until(lambda: loop.consumer.committed_offsets().get((TOPIC, 0)) == 120)
+    order = [r["instance_id"] for r in loop.erp.received]
+    for iids in sent.values():
+        assert [i for i in order if i in set(iids)] == iids
+
+
+def test_revoke_mid_push_commits_what_finished_and_abandons_what_was_queued(make: Callable[..., Loop]) -> None:
+    loop = make(ERP_SYNC_MAX_IN_FLIGHT="2", ERP_SYNC_SHUTDOWN_TIMEOUT_SECONDS="5")
+    for i in range(6):
+        loop.cluster.append(TOPIC, 0, event(100 + i), key=b"same-key")  # one key: pushed one at a time
+    loop.erp.delay_s = lambda iid: 0.3 if iid == 101 else 0.0
+    loop.consumer.assign([(TOPIC, 0)])
+    loop.until(lambda: [r["instance_id"] for r in loop.erp.received] == [100, 101], what="101 in flight")
+    loop.consumer.revoke()
+    started = time.monotonic()
+    loop.p.step()  # the revoke runs inside consume(): it waits for 101, commits, releases
+    took = time.monotonic() - started
+    assert 0.1 < took < 2.0, took
+    sync_commits = [c.offsets for c in loop.consumer.commits if not c.asynchronous]
+    assert sync_commits[-1] == {(TOPIC, 0): 2}, "101 finished within the grace: its offset is committed"
+    loop.steps(0.2)
+    assert [r["instance_id"] for r in loop.erp.received] == [100, 101], "queued records were not pushed"
+    assert loop.consumer.committed_offsets() == {(TOPIC, 0): 2}
+    assert loop.p.assignment.tps == []
+    # re-assigned: the new owner (here, us again) starts from the committed offset
+    loop.consumer.assign([(TOPIC, 0)])
+    loop.until(lambda: loop.consumer.committed_offsets().get((TOPIC, 0)) == 6)
+    assert [r["instance_id"] for r in loop.erp.received] == [100, 101, 102, 103, 104, 105]
+
+
+def test_a_lost_partition_commits_nothing_and_late_verdicts_are_ignored(make: Callable[..., Loop]) -> None:
+    loop = make(ERP_SYNC_MAX_IN_FLIGHT="4")
+    for i in range(4):
+        loop.cluster.append(TOPIC, 0, event(200 + i), key=str(i).encode())
+    loop.erp.hold.clear()  # every push hangs until released
+    loop.consumer.assign([(TOPIC, 0)])
+    loop.until(lambda: loop.erp.in_flight == 4, what="4 pushes in flight")
+    commits_before = len(loop.consumer.commits)
+    loop.consumer.lose()
+    loop.p.step()
+    loop.erp.hold.set()  # the verdicts come back after the loss
+    loop.until(lambda: len(loop.erp.answered) == 4)
+    loop.steps(0.1)
+    assert loop.consumer.commits[commits_before:] == [], "a lost partition must not be committed"
+    assert loop.p.stats.pushed == 4  # the pushes happened (and are counted), the offsets are not ours
+    assert loop.p.assignment.get(TOPIC, 0) is None
+
+
+def test_backpressure_pauses_at_the_buffer_bound_and_resumes_at_half(make: Callable[..., Loop]) -> None:
+    loop = make(ERP_SYNC_MAX_BUFFERED_RECORDS="10", ERP_SYNC_MAX_IN_FLIGHT="4")
+    for i in range(60):
+        loop.cluster.append(TOPIC, 0, event(300 + i), key=str(i).encode())
+    loop.erp.hold.clear()
+    loop.consumer.assign([(TOPIC, 0)])
+    loop.until(lambda: loop.consumer.pause_calls != [], what="a pause")
+    assert loop.consumer.pause_calls == [[(TOPIC, 0)]]
+    assert loop.p.assignment.unfinished == 10
+    assert loop.p.metrics.paused._value.get() == 1
+    loop.steps(0.1)
+    assert loop.p.assignment.unfinished == 10, "nothing is fetched while paused"
+    loop.erp.hold.set()
+    loop.until(lambda: loop.consumer.resume_calls != [], what="a resume")
+    loop.until(lambda: loop.consumer.committed_offsets().get((TOPIC, 0)) == 60)
+    assert len(loop.erp.received) == 60
+
+
+def test_shutdown_deadline_holds_with_a_hung_erp(make: Callable[..., Loop]) -> None:
+    loop = make(ERP_SYNC_SHUTDOWN_TIMEOUT_SECONDS="1", ERP_SYNC_ERP_TIMEOUT_SECONDS="60")
+    loop.cluster.append(TOPIC, 0, event(400), key=b"a")
+    loop.cluster.append(TOPIC, 0, event(401), key=b"b")
+    loop.erp.delay_s = lambda iid: 30.0 if iid == 401 else 0.0
+    loop.consumer.assign([(TOPIC, 0)])
+    loop.until(lambda: loop.erp.answered == [400] and loop.erp.in_flight == 1)
+    loop.p.stop("test")
+    started = time.monotonic()
+    loop.p.shutdown()
+    took = time.monotonic() - started
+    assert took < 2.5, f"shutdown took {took:.1f} s with a 1 s bound"
+    assert loop.consumer.committed_offsets() == {(TOPIC, 0): 1}, "only the answered record is committed"
+    assert loop.consumer.closed
+
+
+def test_undecodable_and_rejected_records_are_dead_lettered_and_committed_after_confirmation(
+        make: Callable[..., Loop]) -> None:
+    loop = make()
+    loop.cluster.append(TOPIC, 0, b"\xff\xfe not avro", key=b"k0")
+    loop.cluster.append(TOPIC, 0, event(500), key=b"k1")
+    loop.erp.answer = lambda iid: (200, "InvalidParameter.StartUser")
+    loop.producer.fail_with = 10  # the DLQ cannot be written for now (MSG_SIZE_TOO_LARGE)
+    loop.consumer.assign([(TOPIC, 0)])
+    loop.until(lambda: loop.producer.attempts >= 2, what="two dead-letter attempts")
+    loop.steps(0.1)
+    assert loop.consumer.committed_offsets().get((TOPIC, 0), 0) == 0, "nothing committed before the DLQ confirms"
+    loop.producer.fail_with = None  # the writer tries again after its 1 s backoff
+    loop.until(lambda: loop.consumer.committed_offsets().get((TOPIC, 0)) == 2)
+    headers = [dict(letter["headers"]) for letter in loop.producer.written]
+    assert [(h[H_CLASS], h[H_CODE], h[H_OFFSET]) for h in headers] == [
+        (b"decode", b"InvalidAvro", b"0"), (b"erp", b"InvalidParameter.StartUser", b"1")]
+    assert headers[1][H_REQUEST_ID] == b"req-500"
+    assert [letter["value"] for letter in loop.producer.written] == [b"\xff\xfe not avro", event(500)]
+    assert loop.p.stats.dead_lettered == 2
+
+
+def test_the_loop_can_be_built_twice_in_one_process(make: Callable[..., Loop]) -> None:
+    first, second = make(), make()
+    assert first.p.metrics.registry is not second.p.metrics.registry
+
+
+def test_kafka_errors_are_logged_and_a_fatal_one_ends_the_run_with_exit_code_1(
+        make: Callable[..., Loop], caplog: pytest.LogCaptureFixture) -> None:
+    from confluent_kafka import KafkaError
+
+    loop = make(start=False)
+    transient = KafkaError(KafkaError._TRANSPORT, "broker connection reset")
+    loop.consumer.conf["error_cb"](transient)
+    loop.consumer.conf["error_cb"](transient)  # the same error again within 30 s: not logged twice
+    lines = [r for r in caplog.records if getattr(r, "event", None) == "kafka_error"]
+    assert [r.getMessage() for r in lines] == ["Kafka: _TRANSPORT: broker connection reset"]
+    assert not loop.p._stop.is_set()
+    loop.consumer.conf["error_cb"](KafkaError(KafkaError._FATAL, "fenced", fatal=True))
+    assert loop.p.run() == 1  # stopped at once; shutdown commits and closes
+    assert loop.consumer.closed
+    assert [r.getMessage() for r in caplog.records if getattr(r, "event", None) == "fatal"] == [
+        "exiting after a fatal error: _FATAL: fenced"]
+
+
+def test_the_rejoin_watchdog_recreates_a_consumer_left_without_assignment(make: Callable[..., Loop]) -> None:
+    loop = make(ERP_SYNC_REJOIN_TIMEOUT_SECONDS="0.2")
+    first = loop.consumer
+    loop.steps(0.1)
+    assert len(loop.consumers) == 1
+    loop.until(lambda: len(loop.consumers) == 2, timeout_s=3, what="a new Kafka consumer")
+    assert loop.consumer is not first and loop.consumer.topics == [TOPIC], "the new client is subscribed"
+    first.assign([(TOPIC, 0)])  # callbacks of the discarded client are ignored
+    first.consume()
+    assert loop.p.assignment.tps == []
+    loop.cluster.append(TOPIC, 0, event(600))
+    loop.consumer.assign([(TOPIC, 0)])
+    loop.until(lambda: loop.consumer.committed_offsets().get((TOPIC, 0)) == 1)
+    loop.steps(0.4)
+    assert len(loop.consumers) == 2, "no recreation while a partition is assigned"
