@@ -25,7 +25,7 @@ Each worker posts bodies round-robin until ``--seconds`` have passed (after ``--
 that are not counted). Prints one JSON line: requests/s, client CPU µs per request (this process,
 all threads), errors.
 
-    python bench/http_ceiling.py --url http://127.0.0.1:8080/erp/push --transport erp-client-async \
+    python -m bench.http_ceiling --url http://127.0.0.1:8080/erp/push --transport erp-client-async \
         --concurrency 32 --seconds 5
 """
 
@@ -39,20 +39,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from consumer import decode as events  # noqa: E402
-from consumer import transform  # noqa: E402
-from consumer.devstack import samples  # noqa: E402
-from consumer.devstack.events import encode  # noqa: E402
-from consumer.erp import client as erp  # noqa: E402
-from consumer.erp.verdict import Outcome  # noqa: E402
-from consumer.settings import load_settings  # noqa: E402
+from consumer import decode as events
+from consumer import transform
+from consumer.devstack import samples
+from consumer.devstack.events import encode
+from consumer.erp import client as erp
+from consumer.erp.verdict import Outcome
+from consumer.settings import load_settings
 
 TRANSPORTS = ("erp-client-async", "erp-client-threads", "httpx-threads", "httpx-thread-local", "httpx-async",
               "httpx-aiohttp", "aiohttp")

@@ -1,7 +1,7 @@
 """The benchmark of issue 5: erp-sync run vs the naive consumer, the HTTP ceiling, CPU cost, RSS, scale.
 
-    .venv/bin/python bench/run.py [--records 50000] [--latencies 0,5,50] [--partitions 6]
-                                  [--backlog 1000000] [--baseline-records 50=2000] [--quick]
+    .venv/bin/python -m bench.run [--records 50000] [--latencies 0,5,50] [--partitions 6]
+                                   [--backlog 1000000] [--baseline-records 50=2000] [--quick]
 
 See bench/README.md for what is measured and how. Exit status: 0 when every correctness check
 passed (whatever the performance), 1 when one failed (an approved record missing at the stub,
@@ -34,30 +34,32 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from confluent_kafka import Producer
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-sys.path.insert(0, str(ROOT))
+from bench.http_ceiling import CEILING_TRANSPORT, DESCRIPTIONS, TRANSPORTS
+from consumer.devstack.erp_stub import StubClient
+from consumer.devstack.events import encode
+from consumer.devstack.samples import generate_events
+from dev.harness import Broker, committed, create_topic, free_port, start_broker
 
 try:
     import psutil
 except ImportError:  # pragma: no cover - told to the user
-    sys.exit("bench/run.py needs psutil: .venv/bin/pip install -r bench/requirements.txt")
+    sys.exit("the benchmark needs psutil: .venv/bin/pip install -r bench/requirements.txt")
 
-from confluent_kafka import Producer  # noqa: E402
-from http_ceiling import CEILING_TRANSPORT, DESCRIPTIONS, TRANSPORTS  # noqa: E402 - bench/http_ceiling.py
-
-from consumer.devstack.erp_stub import StubClient  # noqa: E402
-from consumer.devstack.events import encode  # noqa: E402
-from consumer.devstack.samples import generate_events  # noqa: E402
-from dev.harness import Broker, committed, create_topic, free_port, start_broker  # noqa: E402
-
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
 PY = sys.executable
 ERP_SYNC = str(Path(PY).parent / "erp-sync")
 IDLE_S = 2.0
 SAMPLE_S = 0.1
 SCRAPE_S = 0.5
 RSS_SAMPLE_S = 0.2
+
+
+def bench_module(name: str, *args: str) -> list[str]:
+    """The command that runs ``bench/<name>.py`` as a module (run it with ``cwd=ROOT``)."""
+    return [PY, "-m", f"bench.{name}", *args]
 
 
 def log(msg: str) -> None:
@@ -280,12 +282,12 @@ def peak_rss_mb(exited: Exited) -> float:
 
 def run_watched(cmd: Sequence[str], env: dict[str, str], log_path: Path, timeout_s: float,
                 metrics_port: int | None = None, stdout: Any = None,
-                sample_s: float = SAMPLE_S) -> tuple[subprocess.Popen[bytes], Watch, float]:
+                sample_s: float = SAMPLE_S, cwd: Path | None = None) -> tuple[subprocess.Popen[bytes], Watch, float]:
     """Start a child with a :class:`Watch`; returns (process, watch, start time)."""
     out = open(log_path, "ab")  # noqa: SIM115 - owned by the child
     started = time.time()
     proc = subprocess.Popen(list(cmd), env=env, stdout=stdout if stdout is not None else out,
-                            stderr=out if stdout is not None else subprocess.STDOUT)
+                            stderr=out if stdout is not None else subprocess.STDOUT, cwd=cwd)
     out.close()
     watch = Watch(proc.pid, metrics_port, sample_s)
     watch.start()
@@ -525,12 +527,12 @@ def run_baseline(broker: Broker, stub: Stub, data: Dataset, latency_ms: float, m
     group = f"bench-naive-{uuid.uuid4().hex[:8]}"
     log_path = workdir / f"naive-{latency_ms:g}ms.log"
     out_path = workdir / f"naive-{latency_ms:g}ms.json"
-    cmd = [PY, str(BENCH / "naive_consumer.py"), "--bootstrap", broker.bootstrap, "--topic", data.topic,
-           "--group", group, "--url", stub.url, "--max-records", str(max_records)]
+    cmd = bench_module("naive_consumer", "--bootstrap", broker.bootstrap, "--topic", data.topic,
+                       "--group", group, "--url", stub.url, "--max-records", str(max_records))
     timeout = 180 + max_records * (latency_ms / 1000 + 0.05)
     log(f"naive baseline at {latency_ms:g} ms: {max_records} records (timeout {timeout:.0f} s)")
     with open(out_path, "wb") as stdout:
-        proc, watch, started = run_watched(cmd, dict(os.environ), log_path, timeout, stdout=stdout)
+        proc, watch, started = run_watched(cmd, dict(os.environ), log_path, timeout, stdout=stdout, cwd=ROOT)
         exited = wait_exact(proc, watch, started, timeout)
     try:
         own = json.loads(out_path.read_text().strip().splitlines()[-1])
@@ -853,9 +855,9 @@ def summarize_collapsed(path: Path, top: int = 25) -> dict[str, Any]:
 
 
 def http_measure(url: str, transport: str, concurrency: int, seconds: float) -> dict[str, Any]:
-    cmd = [PY, str(BENCH / "http_ceiling.py"), "--url", url, "--transport", transport, "--concurrency",
-           str(concurrency), "--seconds", str(seconds), "--bodies", "4000"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 4 + 120)
+    cmd = bench_module("http_ceiling", "--url", url, "--transport", transport, "--concurrency",
+                       str(concurrency), "--seconds", str(seconds), "--bodies", "4000")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 4 + 120, cwd=ROOT)
     if done.returncode != 0:
         return {"transport": transport, "concurrency": concurrency, "error": done.stderr[-500:]}
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -863,10 +865,10 @@ def http_measure(url: str, transport: str, concurrency: int, seconds: float) -> 
 
 
 def cpu_cost(count: int, repeat: int) -> dict[str, Any]:
-    done = subprocess.run([PY, str(BENCH / "cpu_cost.py"), "--events", str(count), "--repeat", str(repeat)],
-                          capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(bench_module("cpu_cost", "--events", str(count), "--repeat", str(repeat)),
+                          capture_output=True, text=True, timeout=1800, cwd=ROOT)
     if done.returncode != 0:
-        raise RuntimeError(f"cpu_cost.py failed: {done.stderr[-2000:]}")
+        raise RuntimeError(f"bench.cpu_cost failed: {done.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
@@ -1147,7 +1149,8 @@ def parse_baseline_spec(spec: str, latencies: Iterable[float], records: int) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Benchmark erp-sync run against the naive consumer (issue 5).")
+    parser = argparse.ArgumentParser(prog="python -m bench.run",
+                                     description="Benchmark erp-sync run against the naive consumer (issue 5).")
     parser.add_argument("--records", type=int, default=None, help="events in the topic (default 50000; quick 10000)")
     parser.add_argument("--latencies", default="0,5,50", help="ERP stub latencies in ms (default 0,5,50)")
     parser.add_argument("--partitions", type=int, default=6)
