@@ -9,6 +9,48 @@ import orjson
 from bench.stack import Dataset, Stub
 
 
+def _not_ok(stats: dict[str, Any]) -> int:
+    """Answers of the stub other than OK."""
+    return sum(n for code, n in stats["by_code"].items() if code != "OK")
+
+
+def _recorded_all(stats: dict[str, Any]) -> bool:
+    """The stub kept every push it received (not more than its max_records), so they can be checked one by one."""
+    return bool(stats["recorded"] == int(stats["received"]) and not stats["dropped"])
+
+
+def _order_violations(pairs: list[tuple[str, int]]) -> int:
+    """How many first arrivals of a key came before an earlier record of that key (offset = EndTime order)."""
+    seen: set[tuple[str, int]] = set()
+    last: dict[str, int] = {}
+    violations = 0
+    for key, end in pairs:
+        if (key, end) in seen:
+            continue
+        seen.add((key, end))
+        if key in last and end < last[key]:
+            violations += 1
+        last[key] = end
+    return violations
+
+
+def _per_record(stub: Stub, universe: set[tuple[str, int]]) -> tuple[set[tuple[str, int]], dict[str, Any]]:
+    """The (Idempotency-Key, EndTime) pushes the stub recorded, and what they say against ``universe``."""
+    records = stub.records()
+    pairs = [(r["idempotency_key"], orjson.loads(r["body"])["EndTime"]) for r in records]
+    unique = set(pairs)
+    return unique, {"unique": len(unique), "duplicates": len(pairs) - len(unique),
+                    "unexpected": len(unique - universe), "order_violations": _order_violations(pairs),
+                    "method": "per-record", "t_first_push": records[0]["time"] if records else None,
+                    "t_last_push": records[-1]["time"] if records else None}
+
+
+def _clean(found: dict[str, Any], not_ok: int) -> bool:
+    """Nothing missing, nothing unexpected, per-key order kept, every answer OK."""
+    return bool(found["missing"] == 0 and found["unexpected"] == 0 and found["order_violations"] == 0
+                and not not_ok)
+
+
 def check_delivery(stub: Stub, universe: set[tuple[str, int]] | None, expected_count: int,
                    require_all: bool) -> dict[str, Any]:
     """Compare what the stub received with what it must have received.
@@ -26,28 +68,12 @@ def check_delivery(stub: Stub, universe: set[tuple[str, int]] | None, expected_c
     received = int(stats["received"])
     out: dict[str, Any] = {"received": received, "expected": expected_count, "by_code": stats["by_code"],
                            "max_concurrency_at_stub": stats["max_concurrency"]}
-    not_ok = sum(n for code, n in stats["by_code"].items() if code != "OK")
-    if universe is not None and stats["recorded"] == received and not stats["dropped"]:
-        records = stub.records()
-        pairs = [(r["idempotency_key"], orjson.loads(r["body"])["EndTime"]) for r in records]
-        unique = set(pairs)
-        missing = len(universe - unique) if require_all else max(0, expected_count - len(unique & universe))
-        unexpected = len(unique - universe)
-        seen: set[tuple[str, int]] = set()
-        last: dict[str, int] = {}
-        violations = 0
-        for key, end in pairs:  # per key, first arrivals must come in offset (= EndTime) order
-            if (key, end) in seen:
-                continue
-            seen.add((key, end))
-            if key in last and end < last[key]:
-                violations += 1
-            last[key] = end
-        out.update(unique=len(unique), duplicates=len(pairs) - len(unique), missing=missing,
-                   unexpected=unexpected, order_violations=violations, method="per-record",
-                   t_first_push=records[0]["time"] if records else None,
-                   t_last_push=records[-1]["time"] if records else None)
-        ok = missing == 0 and unexpected == 0 and violations == 0 and not not_ok
+    not_ok = _not_ok(stats)
+    if universe is not None and _recorded_all(stats):
+        unique, found = _per_record(stub, universe)
+        found["missing"] = len(universe - unique) if require_all else max(0, expected_count - len(unique & universe))
+        out.update(found)
+        ok = _clean(found, not_ok)
         if not require_all:
             ok = ok and len(unique) == expected_count
     else:
@@ -70,32 +96,17 @@ def check_partial_delivery(stub: Stub, data: Dataset, committed_offsets: dict[in
     assert data.approved_at is not None
     stats = stub.client.stats()
     received = int(stats["received"])
-    not_ok = sum(n for code, n in stats["by_code"].items() if code != "OK")
+    not_ok = _not_ok(stats)
     must = [(key, end) for part, rows in data.approved_at.items() for off, key, end in rows
             if off < committed_offsets.get(part, 0)]
     out: dict[str, Any] = {"received": received, "by_code": stats["by_code"], "must_have": len(must),
                            "max_concurrency_at_stub": stats["max_concurrency"]}
-    if stats["recorded"] == received and not stats["dropped"]:
-        records = stub.records()
-        pairs = [(r["idempotency_key"], orjson.loads(r["body"])["EndTime"]) for r in records]
-        unique = set(pairs)
+    if _recorded_all(stats):
         universe = {(key, end) for rows in data.approved_at.values() for _off, key, end in rows}
-        missing = sum(1 for pair in must if pair not in unique)
-        unexpected = len(unique - universe)
-        seen: set[tuple[str, int]] = set()
-        last: dict[str, int] = {}
-        violations = 0
-        for key, end in pairs:
-            if (key, end) in seen:
-                continue
-            seen.add((key, end))
-            if key in last and end < last[key]:
-                violations += 1
-            last[key] = end
-        out.update(unique=len(unique), duplicates=len(pairs) - len(unique), missing=missing, unexpected=unexpected,
-                   order_violations=violations, method="per-record",
-                   t_first_push=records[0]["time"] if records else None)
-        ok = missing == 0 and unexpected == 0 and violations == 0 and not not_ok
+        unique, found = _per_record(stub, universe)
+        found["missing"] = sum(1 for pair in must if pair not in unique)
+        out.update(found)
+        ok = _clean(found, not_ok)
     else:  # the stub dropped records (more than its max_records): by count only
         first = stub.first_record()
         out.update(duplicates=None, missing=max(0, len(must) - received), method="count", order_violations=None,
