@@ -12,14 +12,16 @@ def fmt(value: float | None, spec: str = ",.0f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def table(rows: list[list[str]], header: list[str]) -> str:
+def table(rows: list[list[str]], header: list[str], left: tuple[int, ...] = (0,)) -> str:
+    """Columns as wide as their widest cell, flush left for the columns in ``left``, right for the others."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = "  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths, strict=True)))
-    out = [line, "-" * len(line)]
-    for r in rows:
-        out.append("  ".join(str(c).rjust(w) if i else str(c).ljust(w)
-                             for i, (c, w) in enumerate(zip(r, widths, strict=True))))
-    return "\n".join(out)
+
+    def line(r: list[str]) -> str:
+        return "  ".join(str(c).ljust(w) if i in left else str(c).rjust(w)
+                         for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
+
+    head = line(header)
+    return "\n".join([head, "-" * len(head), *(line(r) for r in rows)])
 
 
 def transport_table(transports: list[dict[str, Any]], max_in_flight: int) -> str:
@@ -42,16 +44,8 @@ def transport_table(transports: list[dict[str, Any]], max_in_flight: int) -> str
         rows.append([label, *cells(by.get((name, 1))), *cells(by.get((name, max_in_flight))), DESCRIPTIONS[name]])
     header = ["transport", "c=1 req/s", "c=1 µs CPU/req", f"c={max_in_flight} req/s",
               f"c={max_in_flight} µs CPU/req", "what"]
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(r: list[str]) -> str:
-        return "  ".join(str(c).ljust(w) if i in (0, 5) else str(c).rjust(w)
-                         for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
-
-    out = ["Transports at ERP latency 0 (bench/http_ceiling.py, no Kafka; CPU: the client process, per request):",
-           line(header), "-" * len(line(header))]
-    out.extend(line(r) for r in rows)
-    return "\n".join(out)
+    return ("Transports at ERP latency 0 (bench/http_ceiling.py, no Kafka; CPU: the client process, per request):\n"
+            + table(rows, header, left=(0, 5)))
 
 
 def rss_lines(rss: dict[str, Any]) -> list[str]:
