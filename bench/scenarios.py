@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -130,8 +128,7 @@ def run_baseline(broker: Broker, stub: Stub, data: Dataset, latency_ms: float, m
 
 
 def run_erp_sync(broker: Broker, stub: Stub, data: Dataset, latency_ms: float, max_in_flight: int,
-                 workdir: Path, processes: int = 1, label: str = "erp-sync",
-                 clear_stub_every_s: float | None = None, profile: str | None = None) -> RunResult:
+                 workdir: Path, processes: int = 1, label: str = "erp-sync", profile: str | None = None) -> RunResult:
     stub.prepare(latency_ms)
     stub_cpu0 = stub.cpu_s()
     group = f"bench-erp-sync-{uuid.uuid4().hex[:8]}"
@@ -149,30 +146,10 @@ def run_erp_sync(broker: Broker, stub: Stub, data: Dataset, latency_ms: float, m
     profiler = None
     if profile:
         profiler = start_profiler(running[0][0].pid, workdir, profile)
-    clearer_stop = threading.Event()
-    first_push: list[float] = []
-    clearer = None
-    if clear_stub_every_s:
-        def clear_loop() -> None:  # bounded stub memory on huge backlogs; counters keep counting
-            while not clearer_stop.wait(clear_stub_every_s):
-                with contextlib.suppress(Exception):
-                    if not first_push:  # never clear before the first push is known
-                        first = stub.first_record()
-                        if first is None:
-                            continue
-                        first_push.append(first["time"])
-                    stub.client.clear()
-        clearer = threading.Thread(target=clear_loop, daemon=True)
-        clearer.start()
     exits = [wait_exact(p, w, s, timeout) for p, w, s, _ in running]
-    clearer_stop.set()
-    if clearer is not None:
-        clearer.join(30)
     profile_out = finish_profiler(profiler) if profiler else None
     logs = [parse_log(lp) for _, _, _, lp in running]
     delivery = check_delivery(stub, data.expected, data.approved, require_all=True)
-    if first_push:
-        delivery["t_first_push"] = first_push[0]
     crashed = [e.code for e in exits if e.code != 0 or e.timed_out]
     if crashed:
         delivery["all_delivered"] = False
