@@ -188,14 +188,23 @@ def run_watched(cmd: Sequence[str], env: dict[str, str], log_path: Path, timeout
     return proc, watch, started
 
 
+def reap(proc: subprocess.Popen[bytes], watch: Watch, started: float, timed_out: bool = False) -> Exited | None:
+    """The child's exit if it has exited, reaped with wait4 (exact user+sys CPU and max RSS); else None."""
+    pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+    if not pid:
+        return None
+    ended = time.time()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    watch.stop()
+    return Exited(proc.returncode, usage.ru_utime + usage.ru_stime, usage.ru_maxrss, started, ended, watch,
+                  timed_out)
+
+
 def wait_exact(proc: subprocess.Popen[bytes], watch: Watch, started: float, timeout_s: float) -> Exited:
-    """Reap the child with wait4 (exact user+sys CPU and max RSS of the whole process)."""
+    """Wait for the child and reap it (SIGTERM after ``timeout_s``, SIGKILL 30 s later)."""
     deadline = time.monotonic() + timeout_s
     timed_out = False
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
+    while (exited := reap(proc, watch, started, timed_out)) is None:
         if time.monotonic() > deadline and not timed_out:
             timed_out = True
             log(f"process {proc.pid} ({' '.join(proc.args[:3])}…) timed out after {timeout_s:.0f} s: SIGTERM")
@@ -204,11 +213,7 @@ def wait_exact(proc: subprocess.Popen[bytes], watch: Watch, started: float, time
         elif time.monotonic() > deadline and timed_out:
             proc.kill()
         time.sleep(0.02)
-    ended = time.time()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    watch.stop()
-    return Exited(proc.returncode, usage.ru_utime + usage.ru_stime, usage.ru_maxrss, started, ended, watch,
-                  timed_out)
+    return exited
 
 
 def first_at_least(timeline: list[tuple[float, float]], value: float) -> float | None:

@@ -21,6 +21,7 @@ from bench.measure import (
     metric,
     parse_log,
     peak_rss_mb,
+    reap,
     records_finished,
     rss_timeline,
     run_watched,
@@ -212,12 +213,8 @@ def run_rss(broker: Broker, stub: Stub, data: Dataset, max_in_flight: int, parti
                                        int(env["ERP_SYNC_METRICS_PORT"]), sample_s=RSS_SAMPLE_S)
     early: Exited | None = None
     while time.time() < started + seconds:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:  # it must not exit on its own
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            watch.stop()
-            early = Exited(proc.returncode, usage.ru_utime + usage.ru_stime, usage.ru_maxrss, started, time.time(),
-                           watch)
+        early = reap(proc, watch, started)
+        if early is not None:  # it must not exit on its own
             log(f"RSS run: erp-sync run exited on its own after {early.ended - started:.0f} s "
                 f"(exit {early.code})")
             break
