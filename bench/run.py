@@ -18,7 +18,6 @@ import os
 import shutil
 import sys
 import tempfile
-import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,9 @@ from bench.checks import evaluate
 from bench.http_ceiling import CEILING_TRANSPORT, TRANSPORTS
 from bench.measure import machine_info
 from bench.render import render
-from bench.scenarios import IDLE_S, cpu_cost, http_measure, run_baseline, run_erp_sync, run_rss
-from bench.stack import Stub, produce_events
-from dev.harness import Broker, create_topic, start_broker
+from bench.scenarios import IDLE_S, cpu_cost, http_measure, run_baseline, run_erp_sync, run_profiles, run_rss, run_scale
+from bench.stack import Stub, make_dataset
+from dev.harness import Broker, start_broker
 
 
 def parse_baseline_spec(spec: str, latencies: Iterable[float], records: int) -> dict[float, int]:
@@ -46,7 +45,7 @@ def parse_baseline_spec(spec: str, latencies: Iterable[float], records: int) -> 
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run",
                                      description="Benchmark erp-sync run against the naive consumer (issue 5).")
     parser.add_argument("--records", type=int, default=None, help="events in the topic (default 50000; quick 10000)")
@@ -75,12 +74,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="10,000 records, short baseline prefixes, 100,000-record RSS run, shorter measurements")
     parser.add_argument("--results-dir", default=str(BENCH / "results"))
     args = parser.parse_args(argv)
-
+    extra_env: dict[str, str] = {}
     for item in args.erp_sync_env:
         name, sep, value = item.partition("=")
         if not sep or not name.startswith("ERP_SYNC_"):
             parser.error(f"--erp-sync-env wants ERP_SYNC_NAME=VALUE, got {item!r}")
-        scenarios.EXTRA_ENV[name] = value
+        extra_env[name] = value
+    args.erp_sync_env = extra_env
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    scenarios.EXTRA_ENV.update(args.erp_sync_env)
     quick = args.quick
     records = args.records or (10_000 if quick else 50_000)
     latencies = [float(x) for x in args.latencies.split(",") if x.strip()]
@@ -112,10 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         broker = start_broker(workdir)
         log(f"broker {broker.bootstrap} ({'started' if broker.managed else 'KAFKA_BOOTSTRAP_SERVERS'})")
-        topic = f"bench-{uuid.uuid4().hex[:8]}"
-        create_topic(broker, topic, args.partitions)
-        create_topic(broker, f"{topic}.dlq", 1)
-        data = produce_events(broker, topic, records, args.seed, keep_expected=True)
+        data = make_dataset(broker, "bench", args.partitions, records, args.seed, keep_expected=True)
         results["dataset_approved"] = data.approved
         results["produce_records_per_s"] = records / data.produce_s
         stub = Stub(workdir)
@@ -157,38 +160,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.no_scale:
             lat = float(bounds.get("scale_latency_ms", 50))
             one_row = next((r for r in results["latencies"] if r["latency_ms"] == lat), None)
-            if one_row is not None:
-                one = one_row["erp_sync"]
-            else:
-                one = run_erp_sync(broker, stub, data, lat, mif, workdir, label="scale-one").as_json()
-                correctness_ok &= one["delivery"]["all_delivered"]
-            two = run_erp_sync(broker, stub, data, lat, mif, workdir, processes=2, label="scale-two")
-            correctness_ok &= two.delivery["all_delivered"]
-            results["scale"] = {"latency_ms": lat, "one_records_per_s": one["records_per_s"],
-                                "two_records_per_s": two.records_per_s,
-                                "ratio": two.records_per_s / one["records_per_s"] if one["records_per_s"] else 0.0,
-                                "all_delivered": two.delivery["all_delivered"], "two": two.as_json()}
+            results["scale"], ok = run_scale(broker, stub, data, lat, mif, workdir,
+                                             one_row["erp_sync"] if one_row is not None else None)
+            correctness_ok &= ok
 
         if args.profile:
-            results["profiles"] = []
             prof_lats = latencies[:1] if args.profile == "first" else [float(x) for x in args.profile.split(",")]
-            for lat in prof_lats:
-                prof = run_erp_sync(broker, stub, data, lat, mif, workdir, label="profiled", profile=f"{lat:g}ms")
-                summary = prof.extra.get("profile") or {}
-                if summary.get("file"):
-                    out_dir.mkdir(parents=True, exist_ok=True)
-                    kept = out_dir / f"{stamp}-profile-{lat:g}ms.collapsed.txt"
-                    shutil.copyfile(summary["file"], kept)
-                    summary["file"] = str(kept)
-                results["profiles"].append({"latency_ms": lat, "records_per_s": prof.records_per_s,
-                                            "summary": summary})
+            results["profiles"] = run_profiles(broker, stub, data, prof_lats, mif, workdir, out_dir, stamp)
 
         if backlog:
-            rss_topic = f"bench-rss-{uuid.uuid4().hex[:8]}"
-            create_topic(broker, rss_topic, args.partitions)
-            create_topic(broker, f"{rss_topic}.dlq", 1)
-            rss_data = produce_events(broker, rss_topic, backlog, args.seed + 1, keep_expected=False,
-                                      keep_offsets=True)
+            rss_data = make_dataset(broker, "bench-rss", args.partitions, backlog, args.seed + 1, keep_expected=False,
+                                    keep_offsets=True)
             rss = run_rss(broker, stub, rss_data, mif, args.partitions, workdir, rss_seconds)
             correctness_ok &= rss["delivery"]["all_delivered"]
             results["rss"] = rss
@@ -221,7 +203,6 @@ def main(argv: Sequence[str] | None = None) -> int:
               "(or a consumer failed); see the JSON", file=sys.stderr)
         return 1
     return 0
-
 
 
 if __name__ == "__main__":

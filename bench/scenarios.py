@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -191,6 +192,40 @@ def run_erp_sync(broker: Broker, stub: Stub, data: Dataset, latency_ms: float, m
     return RunResult(label, latency_ms, data.records, data.approved, window, cpu_window,
                      sum(e.cpu_s for e in exits), max(peak_rss_mb(e) for e in exits),
                      max(e.watch.hwm_kb for e in exits) / 1024, commits, delivery, processes, e2e, extra)
+
+
+def run_scale(broker: Broker, stub: Stub, data: Dataset, latency_ms: float, max_in_flight: int, workdir: Path,
+              one: dict[str, Any] | None) -> tuple[dict[str, Any], bool]:
+    """Two ``erp-sync run`` processes in one group against one (``one``: that run's JSON, if made already).
+
+    Returns the scale result and whether every run of it delivered correctly.
+    """
+    ok = True
+    if one is None:
+        one = run_erp_sync(broker, stub, data, latency_ms, max_in_flight, workdir, label="scale-one").as_json()
+        ok &= one["delivery"]["all_delivered"]
+    two = run_erp_sync(broker, stub, data, latency_ms, max_in_flight, workdir, processes=2, label="scale-two")
+    ok &= two.delivery["all_delivered"]
+    return {"latency_ms": latency_ms, "one_records_per_s": one["records_per_s"],
+            "two_records_per_s": two.records_per_s,
+            "ratio": two.records_per_s / one["records_per_s"] if one["records_per_s"] else 0.0,
+            "all_delivered": two.delivery["all_delivered"], "two": two.as_json()}, ok
+
+
+def run_profiles(broker: Broker, stub: Stub, data: Dataset, latencies: list[float], max_in_flight: int,
+                 workdir: Path, out_dir: Path, stamp: str) -> list[dict[str, Any]]:
+    """Extra, unmeasured ``erp-sync run`` under py-spy; the stacks are kept in ``out_dir``."""
+    profiles = []
+    for lat in latencies:
+        prof = run_erp_sync(broker, stub, data, lat, max_in_flight, workdir, label="profiled", profile=f"{lat:g}ms")
+        summary = prof.extra.get("profile") or {}
+        if summary.get("file"):
+            out_dir.mkdir(parents=True, exist_ok=True)
+            kept = out_dir / f"{stamp}-profile-{lat:g}ms.collapsed.txt"
+            shutil.copyfile(summary["file"], kept)
+            summary["file"] = str(kept)
+        profiles.append({"latency_ms": lat, "records_per_s": prof.records_per_s, "summary": summary})
+    return profiles
 
 
 def run_rss(broker: Broker, stub: Stub, data: Dataset, max_in_flight: int, partitions: int, workdir: Path,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from bench.measure import cpu_seconds
 from consumer.devstack.erp_stub import StubClient
 from consumer.devstack.events import encode
 from consumer.devstack.samples import generate_events
-from dev.harness import Broker, free_port
+from dev.harness import Broker, create_topic, free_port
 
 
 @dataclass
@@ -92,6 +93,15 @@ def produce_events(broker: Broker, topic: str, count: int, seed: int, keep_expec
     log(f"produced {count} events ({approved} approved) to {topic} in {elapsed:.1f} s "
         f"({count / elapsed:,.0f}/s)")
     return Dataset(topic, count, approved, expected, elapsed, approved_at)
+
+
+def make_dataset(broker: Broker, prefix: str, partitions: int, count: int, seed: int, keep_expected: bool,
+                 keep_offsets: bool = False) -> Dataset:
+    """A fresh topic ``<prefix>-<random>`` (and its ``.dlq``) filled by :func:`produce_events`."""
+    topic = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    create_topic(broker, topic, partitions)
+    create_topic(broker, f"{topic}.dlq", 1)
+    return produce_events(broker, topic, count, seed, keep_expected=keep_expected, keep_offsets=keep_offsets)
 
 
 class Stub:
