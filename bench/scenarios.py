@@ -34,7 +34,7 @@ from bench.stack import Dataset, Stub
 from dev.harness import Broker, committed, free_port
 
 IDLE_S = 2.0
-
+"""``erp-sync run --exit-when-idle`` of the measured runs, in s."""
 
 EXTRA_ENV: dict[str, str] = {}
 """``--erp-sync-env`` settings, applied to every ``erp-sync run`` of this benchmark."""
