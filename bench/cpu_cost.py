@@ -14,7 +14,7 @@ bytes, half approved) and are Avro-encoded first (not timed). Then, single threa
 * ``full_approved``: the same pass divided by the approved records only (cost per push);
 * ``transform_only``: ``erp_request`` alone on pre-decoded approved events, per approved record.
 
-    python bench/cpu_cost.py [--events 100000] [--repeat 3]   # prints one JSON line
+    python -m bench.cpu_cost [--events 100000] [--repeat 3]   # prints one JSON line
 """
 
 from __future__ import annotations
@@ -25,16 +25,13 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from consumer import decode as events  # noqa: E402
-from consumer import transform  # noqa: E402
-from consumer.decode import avro_v1  # noqa: E402
-from consumer.devstack import samples  # noqa: E402
-from consumer.devstack.events import encode  # noqa: E402
+from consumer import decode as events
+from consumer import transform
+from consumer.decode import avro_v1
+from consumer.devstack import samples
+from consumer.devstack.events import encode
 
 
 def _best(fn: Callable[[], None], repeat: int) -> float:

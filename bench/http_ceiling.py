@@ -3,16 +3,17 @@
 Transports (``--transport``):
 
 * ``erp-client-async``: exactly how ``erp-sync run`` pushes — one asyncio event loop, one
-  :class:`consumer.erp.ErpClient` (settings from :func:`consumer.settings.load_settings` with
+  :class:`consumer.erp.client.ErpClient` (settings from :func:`consumer.settings.load_settings` with
   ``ERP_SYNC_ERP_URL`` = the stub, ``max_connections`` = ``--concurrency``), every request a task
   doing ``await client.post_async(body, key)`` under an ``asyncio.Semaphore(--concurrency)``, as
-  :class:`consumer.dispatch.KeyedDispatcher` does (``httpx.Request`` sent through
+  :class:`consumer.delivery.dispatch.KeyedDispatcher` does (``httpx.Request`` sent through
   ``httpx_aiohttp.AiohttpTransport``, the same limits, headers and verdict parsing). This is the
   ceiling ``erp-sync run`` is compared with.
 * ``erp-client-threads``: the previous design — ``--concurrency`` threads sharing one
-  :class:`consumer.erp.ErpClient` through its synchronous :meth:`~consumer.erp.ErpClient.post`
-  (one ``httpx.Client``); the tools still use this path.
-* ``httpx-threads``: the same thread pool over a bare ``httpx.Client`` (no verdict parsing).
+  ``httpx.Client`` (the consumer's connection limits), a synchronous ``post`` per record, every
+  answer read by the consumer's :func:`consumer.erp.verdict.verdict`.
+* ``httpx-threads``: the same thread pool and client, the answer only checked for 200 with a body
+  (no verdict parsing).
 * ``httpx-thread-local``: the same thread pool, but one ``httpx.Client`` (pool of one connection)
   per thread: no shared connection pool, so none of httpcore's pool lock and per-request scan of
   every pooled connection.
@@ -21,11 +22,11 @@ Transports (``--transport``):
   package (skipped when it is not installed).
 * ``aiohttp``: a raw ``aiohttp.ClientSession``, ``--concurrency`` tasks.
 
-Each worker posts bodies round-robin until ``--seconds`` have passed (after ``--warmup`` seconds
-that are not counted). Prints one JSON line: requests/s, client CPU µs per request (this process,
+Each worker posts bodies round-robin; the answers that arrive in the ``--seconds`` after a
+``--warmup`` are counted. Prints one JSON line: requests/s, client CPU µs per request (this process,
 all threads), errors.
 
-    python bench/http_ceiling.py --url http://127.0.0.1:8080/erp/push --transport erp-client-async \
+    python -m bench.http_ceiling --url http://127.0.0.1:8080/erp/push --transport erp-client-async \
         --concurrency 32 --seconds 5
 """
 
@@ -39,20 +40,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from consumer import decode as events  # noqa: E402
-from consumer import transform  # noqa: E402
-from consumer.devstack import samples  # noqa: E402
-from consumer.devstack.events import encode  # noqa: E402
-from consumer.erp import client as erp  # noqa: E402
-from consumer.erp.verdict import Outcome  # noqa: E402
-from consumer.settings import load_settings  # noqa: E402
+from consumer import decode as events
+from consumer import transform
+from consumer.devstack import samples
+from consumer.devstack.events import encode
+from consumer.erp import client as erp
+from consumer.erp.verdict import Outcome, verdict
+from consumer.settings import load_settings
 
 TRANSPORTS = ("erp-client-async", "erp-client-threads", "httpx-threads", "httpx-thread-local", "httpx-async",
               "httpx-aiohttp", "aiohttp")
@@ -61,7 +59,7 @@ CEILING_TRANSPORT = "erp-client-async"
 DESCRIPTIONS = {
     "erp-client-async": "the consumer's way: one event loop, one ErpClient, await post_async under a Semaphore "
                         "(httpx.Request through the httpx-aiohttp transport)",
-    "erp-client-threads": "previous design: threads sharing one ErpClient, sync post (one httpx.Client)",
+    "erp-client-threads": "previous design: threads sharing one httpx.Client, sync post, the consumer's verdict",
     "httpx-threads": "threads sharing a bare httpx.Client",
     "httpx-thread-local": "threads, one httpx.Client each",
     "httpx-async": "httpx.AsyncClient, default transport",
@@ -83,17 +81,31 @@ def make_bodies(count: int, seed: int = 1) -> list[tuple[bytes, str]]:
 
 
 class _Counter:
+    """Counts the answers that arrive inside the measured window (and all of them, for CPU per request)."""
+
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.ok = 0
         self.errors = 0
         self.all = 0  # warm-up and tail included (for CPU per request)
-        self.counting = False
+        self.opens = self.closes = float("inf")
+
+    def open_window(self, warmup_s: float, seconds: float) -> float:
+        """Count from ``warmup_s`` from now for ``seconds``; returns how long to wait for the window to close."""
+        self.opens = time.perf_counter() + warmup_s
+        self.closes = self.opens + seconds
+        return warmup_s + seconds
+
+    @property
+    def seconds(self) -> float:
+        """The length of the measured window."""
+        return self.closes - self.opens
 
     def add(self, ok: bool) -> None:
+        now = time.perf_counter()
         with self.lock:
             self.all += 1
-            if not self.counting:
+            if not self.opens <= now < self.closes:
                 return
             if ok:
                 self.ok += 1
@@ -102,7 +114,7 @@ class _Counter:
 
 
 def _run_threads(post: Callable[[bytes, str], bool], bodies: list[tuple[bytes, str]], concurrency: int,
-                 warmup_s: float, seconds: float, counter: _Counter) -> float:
+                 warmup_s: float, seconds: float, counter: _Counter) -> None:
     stop = threading.Event()
     source = itertools.cycle(bodies)
     source_lock = threading.Lock()
@@ -116,20 +128,14 @@ def _run_threads(post: Callable[[bytes, str], bool], bodies: list[tuple[bytes, s
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
     for t in threads:
         t.start()
-    time.sleep(warmup_s)
-    counter.counting = True
-    started = time.perf_counter()
-    time.sleep(seconds)
-    counter.counting = False
-    elapsed = time.perf_counter() - started
+    time.sleep(counter.open_window(warmup_s, seconds))
     stop.set()
     for t in threads:
         t.join(30)
-    return elapsed
 
 
 async def _run_tasks(post: Callable[[bytes, str], Any], bodies: list[tuple[bytes, str]], concurrency: int,
-                     warmup_s: float, seconds: float, counter: _Counter) -> float:
+                     warmup_s: float, seconds: float, counter: _Counter) -> None:
     stop = asyncio.Event()
     source = itertools.cycle(bodies)
 
@@ -139,22 +145,16 @@ async def _run_tasks(post: Callable[[bytes, str], Any], bodies: list[tuple[bytes
             counter.add(await post(body, key))
 
     tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
-    await asyncio.sleep(warmup_s)
-    counter.counting = True
-    started = time.perf_counter()
-    await asyncio.sleep(seconds)
-    counter.counting = False
-    elapsed = time.perf_counter() - started
+    await asyncio.sleep(counter.open_window(warmup_s, seconds))
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
-    return elapsed
 
 
 async def _run_erp_client_async(client: erp.ErpClient, bodies: list[tuple[bytes, str]], concurrency: int,
-                                warmup_s: float, seconds: float, counter: _Counter) -> float:
+                                warmup_s: float, seconds: float, counter: _Counter) -> None:
     """The consumer's push path: a task per request, ``await client.post_async`` under a semaphore.
 
-    Like :class:`consumer.dispatch.KeyedDispatcher`: one event loop, ``asyncio.Semaphore(concurrency)``
+    Like :class:`consumer.delivery.dispatch.KeyedDispatcher`: one event loop, ``asyncio.Semaphore(concurrency)``
     around each push, one task created per push (the dispatcher creates one per key chain). A
     feeder keeps ``2 x concurrency`` tasks alive, so the semaphore always has waiters, as it has
     in the consumer with thousands of buffered records.
@@ -183,24 +183,40 @@ async def _run_erp_client_async(client: erp.ErpClient, bodies: list[tuple[bytes,
             task.add_done_callback(tasks.discard)
 
     feeder = asyncio.create_task(feed())
-    await asyncio.sleep(warmup_s)
-    counter.counting = True
-    started = time.perf_counter()
-    await asyncio.sleep(seconds)
-    counter.counting = False
-    elapsed = time.perf_counter() - started
+    await asyncio.sleep(counter.open_window(warmup_s, seconds))
     stop.set()
     await feeder
     if tasks:
         await asyncio.wait(list(tasks), timeout=30)
     await client.aclose()
-    return elapsed
 
 
 def _limits(concurrency: int) -> httpx.Limits:
-    # the same limits as consumer/erp.py
+    # the same limits as consumer/erp/client.py
     return httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency,
                         keepalive_expiry=erp.KEEPALIVE_EXPIRY_S)
+
+
+def _accepted(response: httpx.Response) -> bool:
+    """The consumer's reading of an answer (:func:`consumer.erp.verdict.verdict`)."""
+    return verdict(response.status_code, response.headers, response.content).outcome is Outcome.ACCEPTED
+
+
+def _answered(response: httpx.Response) -> bool:
+    """A bare client's reading of an answer: 200 with a body."""
+    return response.status_code == 200 and bool(response.content)
+
+
+def _sync_post(client: Callable[[], httpx.Client], url: str,
+               judge: Callable[[httpx.Response], bool]) -> Callable[[bytes, str], bool]:
+    """A worker's post: ``client()`` gives the ``httpx.Client`` to use, ``judge`` reads the answer."""
+    def post(body: bytes, key: str) -> bool:
+        try:
+            return judge(client().post(url, content=body, headers={"Idempotency-Key": key}))
+        except httpx.HTTPError:
+            return False
+
+    return post
 
 
 def measure(url: str, transport: str, concurrency: int, seconds: float, warmup_s: float = 0.5,
@@ -213,50 +229,29 @@ def measure(url: str, transport: str, concurrency: int, seconds: float, warmup_s
         settings = load_settings({"ERP_SYNC_ERP_URL": url, "ERP_SYNC_MAX_IN_FLIGHT": str(concurrency)})
         async_client = erp.ErpClient(settings, max_connections=concurrency)
         cpu0 = time.process_time()
-        elapsed = asyncio.run(_run_erp_client_async(async_client, bodies, concurrency, warmup_s, seconds, counter))
-        async_client.close()
-    elif transport == "erp-client-threads":
-        settings = load_settings({"ERP_SYNC_ERP_URL": url, "ERP_SYNC_MAX_IN_FLIGHT": str(concurrency)})
-        client = erp.ErpClient(settings, max_connections=concurrency)
-
-        def post_erp(body: bytes, key: str) -> bool:
-            return client.post(body, key).outcome is Outcome.ACCEPTED
-
-        cpu0 = time.process_time()
-        elapsed = _run_threads(post_erp, bodies, concurrency, warmup_s, seconds, counter)
-        client.close()
-    elif transport == "httpx-threads":
+        asyncio.run(_run_erp_client_async(async_client, bodies, concurrency, warmup_s, seconds, counter))
+    elif transport in ("erp-client-threads", "httpx-threads"):
+        # one httpx.Client shared by the threads; erp-client-threads reads each answer as the consumer does
         http = httpx.Client(headers=HEADERS, timeout=10.0, limits=_limits(concurrency))
-
-        def post_httpx(body: bytes, key: str) -> bool:
-            try:
-                response = http.post(url, content=body, headers={"Idempotency-Key": key})
-                return response.status_code == 200 and bool(response.content)
-            except httpx.HTTPError:
-                return False
-
-        elapsed = _run_threads(post_httpx, bodies, concurrency, warmup_s, seconds, counter)
+        judge = _accepted if transport == "erp-client-threads" else _answered
+        _run_threads(_sync_post(lambda: http, url, judge), bodies, concurrency, warmup_s, seconds, counter)
         http.close()
     elif transport == "httpx-thread-local":
         local = threading.local()
         clients: list[httpx.Client] = []
 
-        def post_local(body: bytes, key: str) -> bool:
+        def own_client() -> httpx.Client:
             client = getattr(local, "client", None)
             if client is None:
                 client = local.client = httpx.Client(headers=HEADERS, timeout=10.0, limits=_limits(1))
                 clients.append(client)
-            try:
-                response = client.post(url, content=body, headers={"Idempotency-Key": key})
-                return response.status_code == 200 and bool(response.content)
-            except httpx.HTTPError:
-                return False
+            return client
 
-        elapsed = _run_threads(post_local, bodies, concurrency, warmup_s, seconds, counter)
+        _run_threads(_sync_post(own_client, url, _answered), bodies, concurrency, warmup_s, seconds, counter)
         for local_client in clients:
             local_client.close()
     elif transport in ("httpx-async", "httpx-aiohttp"):
-        async def run_async() -> float:
+        async def run_async() -> None:
             kwargs: dict[str, Any] = {"headers": HEADERS, "timeout": 10.0, "limits": _limits(concurrency)}
             if transport == "httpx-aiohttp":
                 from httpx_aiohttp import AiohttpTransport
@@ -265,18 +260,17 @@ def measure(url: str, transport: str, concurrency: int, seconds: float, warmup_s
             async with httpx.AsyncClient(**kwargs) as http:
                 async def post_async(body: bytes, key: str) -> bool:
                     try:
-                        response = await http.post(url, content=body, headers={"Idempotency-Key": key})
-                        return response.status_code == 200 and bool(response.content)
+                        return _answered(await http.post(url, content=body, headers={"Idempotency-Key": key}))
                     except httpx.HTTPError:
                         return False
 
-                return await _run_tasks(post_async, bodies, concurrency, warmup_s, seconds, counter)
+                await _run_tasks(post_async, bodies, concurrency, warmup_s, seconds, counter)
 
-        elapsed = asyncio.run(run_async())
+        asyncio.run(run_async())
     elif transport == "aiohttp":
         import aiohttp
 
-        async def run_aiohttp() -> float:
+        async def run_aiohttp() -> None:
             connector = aiohttp.TCPConnector(limit=concurrency, keepalive_timeout=erp.KEEPALIVE_EXPIRY_S)
             async with aiohttp.ClientSession(connector=connector, headers=HEADERS,
                                              timeout=aiohttp.ClientTimeout(total=10)) as session:
@@ -288,12 +282,13 @@ def measure(url: str, transport: str, concurrency: int, seconds: float, warmup_s
                     except aiohttp.ClientError:
                         return False
 
-                return await _run_tasks(post_aiohttp, bodies, concurrency, warmup_s, seconds, counter)
+                await _run_tasks(post_aiohttp, bodies, concurrency, warmup_s, seconds, counter)
 
-        elapsed = asyncio.run(run_aiohttp())
+        asyncio.run(run_aiohttp())
     else:
         raise SystemExit(f"unknown transport {transport!r}; known: {', '.join(TRANSPORTS)}")
     cpu = time.process_time() - cpu0
+    elapsed = counter.seconds
     return {
         "transport": transport,
         "concurrency": concurrency,

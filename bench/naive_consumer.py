@@ -8,7 +8,7 @@ delivery loop.
 The loop itself (``deliver``) is what the user writes; ``main`` only adds the measurement (clock
 and CPU at the first record and after the last commit, counts) and prints one JSON line.
 
-    python bench/naive_consumer.py --bootstrap 127.0.0.1:9092 --topic T --group G \
+    python -m bench.naive_consumer --bootstrap 127.0.0.1:9092 --topic T --group G \
         --url http://127.0.0.1:8080/erp/push --max-records 2000
 """
 
@@ -19,17 +19,14 @@ import json
 import resource
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 from confluent_kafka import Consumer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from consumer import decode as events  # noqa: E402
-from consumer import transform  # noqa: E402
-from consumer.erp.verdict import Outcome, verdict  # noqa: E402
+from consumer import decode as events
+from consumer import transform
+from consumer.erp.verdict import Outcome, verdict
 
 
 def _cpu_s() -> float:
