@@ -69,7 +69,11 @@ def metadata_consumer_config(settings: Settings) -> dict[str, Any]:
 class WatermarkWatcher:
     """Queries high watermarks (last stable offsets) of the assigned partitions every ``interval_s``.
 
-    Uses an AdminClient (ListOffsets, read_committed) on its own thread: no group, no fetching.
+    Uses an AdminClient (ListOffsets, read_committed) on its own thread: no group, no fetching. With
+    no partition assigned it still asks the broker for metadata, so that "the broker answers" is
+    always known first-hand (readiness must not say ready while the broker is down). A change of
+    the assigned partitions triggers a query at once, so a new partition's lag is known within
+    about a second of its assignment.
 
     Args:
         settings: for the client configuration.
@@ -78,6 +82,8 @@ class WatermarkWatcher:
     Attributes:
         high: ``{(topic, partition): high watermark}`` from the last successful query.
         ok: whether the last query reached the broker.
+        failures: queries in a row that did not reach the broker.
+        error: why the last failed query failed.
     """
 
     def __init__(self, settings: Settings, interval_s: float) -> None:
@@ -92,8 +98,11 @@ class WatermarkWatcher:
         self._partitions: list[tuple[str, int]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self.high: dict[tuple[str, int], int] = {}
         self.ok = False
+        self.failures = 0
+        self.error = "not asked yet"
         self.retention_s: float | None = None
         self._settings = settings
         self._next_retention = 0.0
@@ -104,45 +113,53 @@ class WatermarkWatcher:
         self._thread.start()
 
     def set_partitions(self, partitions: list[tuple[str, int]]) -> None:
-        """Replace the set of partitions to watch."""
+        """Replace the set of partitions to watch, and query them at once."""
         with self._lock:
             self._partitions = list(partitions)
             self.high = {tp: hw for tp, hw in self.high.items() if tp in partitions}
+        self._wake.set()
 
     def refresh(self) -> None:
         """Query once now (used by the thread, and by tests)."""
         with self._lock:
             partitions = list(self._partitions)
         high = {}
-        ok = True
-        if partitions:
-            request = {TopicPartition(t, p): OffsetSpec.latest() for t, p in partitions}
-            try:
+        try:
+            if partitions:
+                request = {TopicPartition(t, p): OffsetSpec.latest() for t, p in partitions}
                 futures = self._admin.list_offsets(request, isolation_level=IsolationLevel.READ_COMMITTED,
                                                    request_timeout=2.0)
                 for tp, future in futures.items():
                     high[(tp.topic, tp.partition)] = future.result(timeout=3.0).offset
-            except Exception:  # noqa: BLE001 - KafkaException or a timeout: keep the last values
-                ok = False
+            else:
+                self._admin.list_topics(topic=self._settings.topic, timeout=2.0)
+        except Exception as exc:  # noqa: BLE001 - KafkaException or a timeout: keep the last values
+            self.failures += 1
+            self.error = (f"no answer from {self._settings.kafka_bootstrap_servers} "
+                          f"({'ListOffsets' if partitions else 'Metadata'} request: {error_text(exc)})")
+            self.ok = False
+            return
         with self._lock:
-            self.high.update(high)
-        self.ok = ok
+            self.high.update({tp: hw for tp, hw in high.items() if tp in self._partitions})
+        self.failures = 0
+        self.ok = True
 
     def _loop(self) -> None:
-        first = True
-        while first or not self._stop.wait(self._interval_s):
-            first = False
+        while not self._stop.is_set():
             try:
+                self.refresh()
                 if time.monotonic() >= self._next_retention:  # until known, then every 10 min
                     value = topic_retention_seconds(self._settings, self._settings.topic)
                     if value is not None:
                         self.retention_s = value
                     self._next_retention = time.monotonic() + (600.0 if value is not None else 30.0)
-                self.refresh()
             except Exception:  # noqa: BLE001 - a metrics thread must not die
                 log.exception("watermark refresh failed")
+            self._wake.wait(self._interval_s)
+            self._wake.clear()
 
     def close(self) -> None:
         """Stop the thread and close the client."""
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout=5)

@@ -98,6 +98,14 @@ class Metrics:
         self.paused = Gauge("erp_sync_paused_partitions", "Partitions paused for backpressure.", registry=r)
         self.dlq_pending = Gauge("erp_sync_dead_letters_pending",
                                  "Dead letters waiting for broker confirmation or retrying.", registry=r)
+        self.broker_up = Gauge("erp_sync_broker_up", "1 while the Kafka broker answers this process's queries, "
+                               "0 once it stopped answering.", registry=r)
+        self.committed_offset = Gauge("erp_sync_committed_offset",
+                                      "The group's committed offset of an owned partition (the first record not "
+                                      "finished yet).", ["topic", "partition"], registry=r)
+        self.started_without_offset = Counter("erp_sync_partitions_without_committed_offset",
+                                              "Partitions this process started reading without a committed offset "
+                                              "(auto.offset.reset decided where).", ["topic"], registry=r)
         self.build_info = Gauge("erp_sync_build_info", "Build information: version; avro_reader is compiled "
                                 "(mypyc) or interpreted.", ["version", "avro_reader"], registry=r)
         self.build_info.labels(__version__, "compiled" if avro_v1.COMPILED else "interpreted").set(1)
@@ -112,7 +120,7 @@ class Metrics:
         self._request_children: dict[tuple[str, str], Any] = {}
         self._cap_requests = _CodeCap()
         self._cap_dead = _CodeCap()
-        self._lag_children: dict[int, tuple[Any, Any]] = {}
+        self._lag_children: dict[tuple[Gauge, int], Any] = {}
 
     def erp_request(self, result: str, code: str, duration_s: float | None) -> None:
         """Count one ERP request (thread-safe)."""
@@ -130,24 +138,27 @@ class Metrics:
         self.dead_letters.labels(error_class, self._cap_dead(code)).inc()
         self.dead_lettered.inc()
 
-    def set_lag(self, partition: int, lag: int, lag_seconds: float) -> None:
-        """Set lag (messages) and lag seconds of one partition."""
-        children = self._lag_children.get(partition)
-        if children is None:
-            label = str(partition)
-            children = (self.lag.labels(self.topic, label), self.lag_seconds.labels(self.topic, label))
-            self._lag_children[partition] = children
-        children[0].set(lag)
-        children[1].set(lag_seconds)
+    def set_lag(self, partition: int, lag: int | None, lag_seconds: float | None,
+                committed: int | None = None) -> None:
+        """Set lag (messages), lag seconds and committed offset of one partition; None removes a series.
+
+        Unknown is not zero: a partition whose high watermark was not read yet has no lag series.
+        """
+        for gauge, value in ((self.lag, lag), (self.lag_seconds, lag_seconds), (self.committed_offset, committed)):
+            key = (gauge, partition)
+            child = self._lag_children.get(key)
+            if value is None:
+                if child is not None:
+                    del self._lag_children[key]
+                    gauge.remove(self.topic, str(partition))
+                continue
+            if child is None:
+                child = self._lag_children[key] = gauge.labels(self.topic, str(partition))
+            child.set(value)
 
     def drop_partition(self, partition: int) -> None:
-        """Remove the lag series of a partition this consumer no longer owns."""
-        if self._lag_children.pop(partition, None) is not None:
-            for gauge in (self.lag, self.lag_seconds):
-                try:
-                    gauge.remove(self.topic, str(partition))
-                except KeyError:
-                    pass
+        """Remove the per-partition series of a partition this consumer no longer owns."""
+        self.set_lag(partition, None, None, None)
 
 
 class Health:
@@ -165,7 +176,7 @@ class Health:
         self.broker_up = False
         self.started = False
         self.stopping = False
-        self.reason = "starting"
+        self.reason = "connecting to the Kafka broker"
 
     def polled(self) -> None:
         """Record that the loop polled just now."""

@@ -28,6 +28,8 @@ from .partitions import TP, Assignment
 
 log = logging.getLogger(__name__)
 
+BROKER_DOWN_AFTER_FAILURES = 2
+"""Broker queries in a row without an answer before readiness says the broker is not reachable."""
 TRACKED_FACTOR = 10
 """Finished-but-uncommittable records held, per unit of ERP_SYNC_MAX_BUFFERED_RECORDS."""
 
@@ -109,6 +111,8 @@ class WatermarkSource(Protocol):
 
     high: dict[TP, int]
     ok: bool
+    failures: int
+    error: str
     retention_s: float | None
 
     def start(self) -> None:
@@ -127,6 +131,8 @@ class StaticWatermarks:
     def __init__(self, high: dict[TP, int] | None = None) -> None:
         self.high: dict[TP, int] = dict(high or {})
         self.ok = False
+        self.failures = 0
+        self.error = ""
         self.retention_s: float | None = None
 
     def start(self) -> None:
@@ -170,23 +176,34 @@ class LagReporter:
         return True
 
     def update(self) -> None:
-        """Set lag and lag seconds of every owned partition, and the retention gauge."""
+        """Set lag, lag seconds and committed offset of every owned partition; broker health; retention.
+
+        A partition whose high watermark was not read yet, and that has no unfinished record, has no
+        lag series: unknown is not zero.
+        """
         now_ms = time.time() * 1000
         high = self.watermarks.high
         for state in self.assignment:
             hw = high.get(state.tp)
             committed = state.offsets.committed
-            lag = max(0, hw - (committed or 0)) if hw is not None else 0
+            lag = max(0, hw - (committed or 0)) if hw is not None else None
             oldest = state.offsets.oldest_unfinished_timestamp_ms()
+            lag_s: float | None
             if oldest is not None:
                 lag_s = max(0.0, (now_ms - oldest) / 1000)
+            elif lag is None:
+                lag_s = None
             elif lag > 0 and state.caught_up_at is not None:
                 lag_s = time.monotonic() - state.caught_up_at
             else:
                 lag_s = 0.0
-            self.metrics.set_lag(state.partition, lag, lag_s)
+            self.metrics.set_lag(state.partition, lag, lag_s, committed)
         if self.watermarks.ok:
             self.health.broker_up = True
+        elif self.watermarks.failures >= BROKER_DOWN_AFTER_FAILURES:
+            self.health.broker_up = False
+            self.health.reason = self.watermarks.error
+        self.metrics.broker_up.set(1 if self.health.broker_up else 0)
         retention = self.watermarks.retention_s
         if retention is not None and retention != self._retention_s:
             self._retention_s = retention

@@ -7,8 +7,9 @@ into its disposition (:func:`~.settle.disposition_of`) and settles it.
 
 A push is given up (``RETRY`` or ``ABANDONED``, never a dead letter) when its partition is being
 revoked or is gone, once the shutdown deadline passed (:meth:`InFlight.abandon`), or when stopping
-while the ERP fails. At shutdown, buffered records are still delivered while the ERP answers, so
-that few finished records sit behind an abandoned one (each would be pushed again).
+while the ERP fails (the shared backoff is open, or this record was answered *retry*). At
+shutdown, buffered records are still delivered while the ERP answers, so that few finished records
+sit behind an abandoned one (each would be pushed again).
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ class InFlight:
         return self._stopping() and self.pusher.backoff.failures > 0
 
     async def _push(self, record: Record) -> None:
-        result = await self.pusher.push(record.body, record.idempotency_key, lambda: self._cancelled(record), record)
+        result = await self.pusher.push(record.body, record.idempotency_key, lambda: self._cancelled(record), record,
+                                        stop_retrying=self._stopping)
         self._results.put((record, result))
 
     def _crashed(self, record: Record, exc: BaseException) -> None:

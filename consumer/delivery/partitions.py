@@ -39,10 +39,12 @@ class PartitionState:
         caught_up_at: monotonic time (s) it last reached its end; None until then.
         cancelled: revoking or lost: give up queued and retrying pushes.
         released: no longer assigned: completions are ignored.
+        without_committed_offset: the group had no committed offset for it at assignment (until the
+            first record or EOF says where ``auto.offset.reset`` started it).
     """
 
     __slots__ = ("topic", "partition", "tp", "offsets", "outstanding", "eof", "caught_up_at", "cancelled",
-                 "released")
+                 "released", "without_committed_offset")
 
     def __init__(self, topic: str, partition: int, committed: int | None) -> None:
         self.topic = topic
@@ -54,6 +56,7 @@ class PartitionState:
         self.caught_up_at: float | None = None
         self.cancelled = False
         self.released = False
+        self.without_committed_offset = committed is None
 
     def finish(self, offset: int) -> None:
         """Mark a record finished (accepted, skipped or dead-lettered) unless the partition was released."""

@@ -37,7 +37,7 @@ from .commit import Committer
 from .dead_letters import DeadLetterProducer, DeadLetterWriter
 from .flow import Backpressure, LagReporter, StaticWatermarks, WatermarkSource, idle_for
 from .inflight import InFlight
-from .partitions import TP, Assignment
+from .partitions import TP, Assignment, PartitionState
 from .push import Pusher, PushLog
 from .rebalance import Rebalancer
 from .retry import RateLimiter, SharedBackoff
@@ -203,10 +203,17 @@ class Pipeline:
         left = self.dead_letters.flush(max(0.0, min(5.0, deadline - time.monotonic())))
         self.in_flight.settle_results()
         self.commit_now(None)
-        abandoned = self.settler.outstanding
-        if abandoned or left:
-            log.warning("shutdown: %d pushes and %d dead letters unfinished; they will be re-read",
-                        abandoned, left, extra={"event": "shutdown_abandoned"})
+        unfinished = self.assignment.unfinished
+        if unfinished or left:
+            resume = ", ".join(f"{s}@{s.offsets.floor}" for s in self.assignment if s.offsets.unfinished)
+            running = self.in_flight.running
+            queued = max(0, self.settler.outstanding - running)
+            log.warning("shutdown: %d records unfinished (%d pushes given up, %d in a request, %d queued, %d dead "
+                        "letters unconfirmed); the next owner reads them again from %s", unfinished,
+                        self.stats.given_up, running, queued, left, resume or "the committed offsets",
+                        extra={"event": "shutdown_abandoned", "unfinished": unfinished,
+                               "given_up": self.stats.given_up, "in_request": running, "queued": queued,
+                               "dead_letters_pending": left})
         try:
             self.consumer.close()  # leaves the group
         except Exception as exc:  # noqa: BLE001
@@ -214,9 +221,9 @@ class Pipeline:
         self.in_flight.close(self.erp)
         self.dead_letters.close(1.0)
         self.watermarks.close()
-        log.info("stopped: %d pushed, %d duplicates, %d skipped, %d dead-lettered, %d commits",
+        log.info("stopped: %d pushed, %d duplicates, %d skipped, %d dead-lettered, %d commits, %d unfinished",
                  self.stats.pushed, self.stats.duplicates, self.stats.skipped, self.stats.dead_lettered,
-                 self.stats.commits, extra={"event": "stopped"})
+                 self.stats.commits, unfinished, extra={"event": "stopped"})
 
     # ------------------------------------------------------------------ what the rebalance handling calls
 
@@ -259,6 +266,8 @@ class Pipeline:
         if state is None:
             return  # a partition we no longer own: its new owner reads it
         offset = int(msg.offset() or 0)
+        if state.without_committed_offset:
+            self._started_without_offset(state, offset)
         ts_type, ts = msg.timestamp()
         if not state.offsets.track(offset, ts if ts_type else int(time.time() * 1000)):
             log.debug("ignoring re-fetched offset %d of %s", offset, state)
@@ -291,6 +300,8 @@ class Pipeline:
         if err.code() == KafkaError._PARTITION_EOF:
             state = self.assignment.get(str(msg.topic()), int(msg.partition() or 0))
             if state is not None:
+                if state.without_committed_offset:
+                    self._started_without_offset(state, int(msg.offset() or 0))
                 state.reached_end(int(msg.offset() or 0), time.monotonic())
             self.health.broker_up = True
             return
@@ -300,6 +311,21 @@ class Pipeline:
             return
         self._errors.warning(log, err.name(), "Kafka reports %s: %s (topic %s, partition %s)", err.name(), err.str(),
                              msg.topic(), msg.partition(), event="kafka_error", error_key=err.name())
+
+    def _started_without_offset(self, state: PartitionState, offset: int) -> None:
+        """Say where a partition without a committed offset started (warning and counter).
+
+        When the group had committed before, its offsets expired (``offsets.retention.minutes``) or were
+        deleted: a replay (or a skip) nobody asked for.
+        """
+        state.without_committed_offset = False
+        policy = self._consumer_conf.get("auto.offset.reset", "earliest")
+        log.warning("%s had no committed offset for group %s: reading from offset %d (auto.offset.reset=%s); "
+                    "if the group had committed before, its offsets expired or were deleted and records are read "
+                    "again (or skipped)", state, self.settings.group_id, offset, policy,
+                    extra={"event": "no_committed_offset", "topic": state.topic, "partition": state.partition,
+                           "offset": offset})
+        self.metrics.started_without_offset.labels(state.topic).inc()
 
     def _on_kafka_error(self, err: KafkaError) -> None:
         """Librdkafka's ``error_cb``: broker reachability for /readyz, fatal errors stop the loop."""

@@ -101,6 +101,7 @@ class Rebalancer:
         self.metrics.rebalances.labels("assign").inc()
         self.unassigned_since = None
         self.health.joined = True
+        self.health.broker_up = True  # the group coordinator just answered
         committed: dict[TP, int | None] = {}
         try:
             for tp in consumer.committed(partitions, timeout=10):
@@ -137,6 +138,7 @@ class Rebalancer:
         if consumer is not self.host.consumer:
             return
         self.metrics.rebalances.labels("lost").inc()
+        self.health.joined = False  # out of the group until it joins again
         self.backpressure.release(consumer, partitions, self.host.stopping)
         self._release([(tp.topic, tp.partition) for tp in partitions])
         log.warning("partitions lost (session timed out): %s", _names(partitions), extra={"event": "lost"})
@@ -150,7 +152,6 @@ class Rebalancer:
     def _changed(self) -> None:
         count = len(self.assignment)
         self.health.assigned = count
-        self.health.broker_up = True
         self.metrics.assigned.set(count)
         self.watermarks.set_partitions(self.assignment.tps)
         self.backpressure.reset()

@@ -1,11 +1,18 @@
 """The shared retry backoff and the request-rate limit: how the consumer protects a failing ERP.
 
 One :class:`SharedBackoff` serves every push of the process (issue "reliability", fault 4): when
-the ERP answers *retry*, every worker waits for the same deadline, and once it passes a single
-probe request goes first; the others follow only when the probe succeeds. So a down ERP sees one
-request per backoff period, not one per in-flight record. Delays grow exponentially from
-``initial_s`` to ``max_s`` with jitter (each delay is drawn in [50 %, 100 %] of the step), and a
-``Retry-After`` longer than the step wins (capped at ``retry_after_max_s``).
+the ERP is not ready (it answers *retry* for everyone), every push waits for the same deadline, and
+once it passes a single probe request goes first; the others follow only when the probe succeeds.
+So a down ERP sees one request per backoff period, not one per in-flight record. Delays grow
+exponentially from ``initial_s`` to ``max_s`` with jitter (each delay is drawn in [50 %, 100 %] of
+the step), and a ``Retry-After`` longer than the step wins (capped at ``retry_after_max_s``).
+
+What opens it: an answer that speaks for the endpoint (no answer at all, a ``Retry-After``, a
+limit or outage code: :func:`consumer.erp.verdict.speaks_for_endpoint`), or *retry* answers for
+:data:`STREAK_TO_OPEN` different records in a row with no success between them. One record that the
+ERP keeps answering ``InternalError`` does not open it, whether or not other records flow (issue
+"on-call defects", 10): that record backs off on its own (:func:`record_delay`), and nobody else
+waits, now or when the next burst comes.
 """
 
 from __future__ import annotations
@@ -16,6 +23,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+STREAK_TO_OPEN = 3
+"""Records answered *retry* in a row (no success between them) that open the shared backoff."""
+
+
+def record_delay(retries: int, initial_s: float, max_s: float, rng: Callable[[], float] = random.random) -> float:
+    """The wait of one record after its ``retries``-th retry answer that did not open the shared backoff.
+
+    Exponential from ``initial_s`` to ``max_s`` seconds, with jitter (drawn in [50 %, 100 %] of the step).
+    """
+    return min(max_s, initial_s * (2 ** min(retries - 1, 62))) * (0.5 + 0.5 * rng())
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +70,8 @@ class SharedBackoff:
         """Clock time (s) of the first failure of the current backoff, or of the last one once it ended."""
         self.epoch = 0
         self.delay_s = 0.0
+        self.streak: set[object] = set()
+        """Records answered *retry* in a row while healthy (any success clears it)."""
         self._not_before = 0.0
         self._probing = False
 
@@ -104,7 +124,10 @@ class SharedBackoff:
         with self._lock:
             if permit.probe:
                 self._probing = False
-            if not self.failures or permit.epoch != self.epoch:
+            if not self.failures:
+                self.streak.clear()
+                return 0
+            if permit.epoch != self.epoch:
                 return 0
             cleared = self.failures
             self.failures = 0
@@ -113,18 +136,33 @@ class SharedBackoff:
             self._changed()
             return cleared
 
-    def failure(self, permit: Permit, retry_after_s: float | None = None) -> float | None:
-        """The ERP answered *retry*. Escalates once per backoff period, whoever reports it.
+    def failure(self, permit: Permit, retry_after_s: float | None = None, endpoint_wide: bool = True,
+                record: object = None) -> float | None:
+        """The ERP answered *retry*. Opens or escalates the backoff once per period, whoever reports it.
+
+        Args:
+            permit: the permit the request was sent under.
+            retry_after_s: the answer's ``Retry-After``, seconds.
+            endpoint_wide: the answer speaks for the whole endpoint. When False and the backoff is
+                not open, it opens only once :data:`STREAK_TO_OPEN` different records were answered
+                so in a row.
+            record: what identifies the record (its Idempotency-Key), for that count.
 
         Returns:
-            The new delay in seconds when this call escalated the backoff, else None (another
-            request already escalated it for this period).
+            The new delay in seconds when this call opened or escalated the backoff, else None:
+            another request already escalated it for this period (``failures > 0``), or the
+            answer concerns this record only (``failures == 0``: the caller waits on its own).
         """
         with self._lock:
             if permit.probe:
                 self._probing = False
             if permit.epoch != self.epoch:
                 return None
+            if not self.failures and not endpoint_wide:
+                self.streak.add(record)
+                if len(self.streak) < STREAK_TO_OPEN:
+                    return None
+            self.streak.clear()
             self.failures += 1
             if self.failures == 1:
                 self.failing_since = self._clock()

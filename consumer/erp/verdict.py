@@ -66,6 +66,7 @@ class Verdict:
         request_id: ``Response.RequestId`` when the ERP gave one.
         retry_after_s: the ``Retry-After`` delay in seconds, when given with a retry.
         duplicate: True when accepted because the code is in the "already done" list.
+        transport: True when no HTTP answer came (timeout, refused, reset…).
     """
 
     outcome: Outcome
@@ -74,6 +75,34 @@ class Verdict:
     request_id: str | None = None
     retry_after_s: float | None = None
     duplicate: bool = False
+    transport: bool = False
+
+
+ENDPOINT_WIDE_CODES: tuple[str, ...] = (
+    "RequestLimitExceeded",
+    "ResourceUnavailable",
+    "ResourceInsufficient",
+    "ServiceUnavailable",
+    "AuthFailure",
+    "UnauthorizedOperation",
+    "IpNotInWhitelist",
+    "HTTP_429",
+    "HTTP_502",
+    "HTTP_503",
+    "HTTP_504",
+)
+"""Retry answers that speak for the whole endpoint (limits, outages, credentials), not for one record."""
+
+
+def speaks_for_endpoint(verdict: Verdict) -> bool:
+    """Whether a *retry* answer says the endpoint is not ready for anyone (not just for this record).
+
+    Yes for no answer at all (timeouts, refused or reset connections), for a ``Retry-After``, and for
+    :data:`ENDPOINT_WIDE_CODES`. ``InternalError``, ``InvalidResponse``, HTTP 500 and the other retry
+    answers may concern one body only: the push routine lets that record back off alone, and the
+    shared backoff opens only when such answers come in a row from several records.
+    """
+    return verdict.transport or verdict.retry_after_s is not None or code_matches(verdict.code, ENDPOINT_WIDE_CODES)
 
 
 def code_matches(code: str, entries: Iterable[str]) -> bool:
@@ -213,4 +242,4 @@ def transport_verdict(exc: BaseException) -> Verdict:
     name = type(exc).__name__
     if name.endswith("Timeout"):
         name = "Timeout"
-    return Verdict(Outcome.RETRY, name, _truncate(str(exc) or name))
+    return Verdict(Outcome.RETRY, name, _truncate(str(exc) or name), transport=True)

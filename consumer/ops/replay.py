@@ -46,6 +46,10 @@ class _ProgressNotes:
         self.progress.note(f"ERP answered retry ({verdict.code}: {verdict.message or 'no message'}); "
                            f"retrying in {delay_s:.1f} s")
 
+    def retrying(self, verdict: Verdict, delay_s: float, retries: int, context: object) -> None:
+        """The same note: this record waits before its next attempt."""
+        self.backing_off(verdict, delay_s, retries, context)
+
     def recovered(self, failures: int, failing_for_s: float) -> None:
         """Nothing: the next result says it."""
 

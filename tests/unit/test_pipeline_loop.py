@@ -295,3 +295,157 @@ def test_the_rejoin_watchdog_recreates_a_consumer_left_without_assignment(make: 
     loop.until(lambda: loop.consumer.committed_offsets().get((TOPIC, 0)) == 1)
     loop.steps(0.4)
     assert len(loop.consumers) == 2, "no recreation while a partition is assigned"
+
+
+def test_one_record_answered_retry_forever_slows_no_other_record_and_logs_at_most_once_per_10_s(
+        make: Callable[..., Loop], caplog: pytest.LogCaptureFixture) -> None:
+    """Issue "on-call defects" 10: one body the ERP keeps answering InternalError for, among healthy traffic."""
+    loop = make(ERP_SYNC_RETRY_BACKOFF_INITIAL_SECONDS="0.05", ERP_SYNC_RETRY_BACKOFF_MAX_SECONDS="0.2")
+    poison = 800
+    loop.erp.answer = lambda iid: (200, "InternalError") if iid == poison else (200, None)
+    loop.cluster.append(TOPIC, 0, event(poison), key=b"poison")
+    for i in range(1, 200):
+        loop.cluster.append(TOPIC, 0, event(poison + i), key=str(i % 50).encode())
+    loop.consumer.assign([(TOPIC, 0)])
+    started = time.monotonic()
+    loop.until(lambda: loop.p.stats.pushed == 199, what="the 199 other records accepted")
+    others_took = time.monotonic() - started
+    loop.steps(2.0)  # the poison record keeps retrying on its own
+    poison_tries = sum(1 for r in loop.erp.received if r["instance_id"] == poison)
+    assert poison_tries >= 8, poison_tries
+    assert others_took < 3.0, f"the others took {others_took:.1f} s"
+    assert loop.p.backoff.failures == 0, "one record's retries must not open the shared backoff"
+    assert loop.p.metrics.backoff._value.get() == 0
+    events = [getattr(r, "event", None) for r in caplog.records]
+    assert events.count("erp_retry") == 1, "one line per 10 s for the record that waits alone"
+    assert events.count("erp_backoff") == events.count("erp_recovered") == 0
+    assert loop.consumer.committed_offsets().get((TOPIC, 0), 0) == 0, "nothing committed past the record"
+    loop.p.stop("SIGTERM")
+    started = time.monotonic()
+    loop.p.shutdown()
+    assert time.monotonic() - started < 1.0, "stopping gives the record up at once (it is read again later)"
+
+
+def test_backoff_lines_are_at_most_one_per_10_s_whatever_the_episodes() -> None:
+    """Issue "on-call defects" 10: answers for other records ending and restarting the backoff flooded the log."""
+    import logging
+
+    from prometheus_client import CollectorRegistry
+
+    from consumer.delivery.push import PushLog
+    from consumer.erp.verdict import Outcome, Verdict
+    from consumer.metrics import Metrics
+
+    now = [0.0]
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("test.pushlog")
+    logger.addHandler(Keep())
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    push_log = PushLog(Metrics("t", CollectorRegistry()), logger, clock=lambda: now[0])
+    retry = Verdict(Outcome.RETRY, "InternalError", "boom")
+    for step in range(100):  # 100 s: a new episode every second (failure 1, then recovered)
+        now[0] = float(step)
+        push_log.backing_off(retry, 0.5, 1, None)
+        push_log.recovered(1, 0.5)
+        push_log.retrying(retry, 0.5, step + 1, None)
+    by_event: dict[str, list[float]] = {}
+    for r in records:
+        by_event.setdefault(r.event, []).append(r.created)  # type: ignore[attr-defined]
+    assert {e: len(v) for e, v in by_event.items()} == {"erp_backoff": 10, "erp_recovered": 10, "erp_retry": 10}
+    held = [getattr(r, "suppressed", 0) for r in records if r.event == "erp_backoff"]  # type: ignore[attr-defined]
+    assert held == [0] + [9] * 9
+
+
+def test_shutdown_reports_every_unfinished_record(make: Callable[..., Loop], caplog: pytest.LogCaptureFixture) -> None:
+    """Issue "on-call defects" 7: SIGTERM while the ERP hangs logged "stopped: 92 pushed" and no abandoned line."""
+    caplog.set_level("INFO")
+    loop = make(ERP_SYNC_MAX_IN_FLIGHT="4", ERP_SYNC_SHUTDOWN_TIMEOUT_SECONDS="0.5",
+                ERP_SYNC_ERP_TIMEOUT_SECONDS="60")
+    for i in range(10):
+        loop.cluster.append(TOPIC, 0, event(900 + i), key=str(i).encode())
+    for i in range(10, 30):
+        loop.cluster.append(TOPIC, 0, event(900 + i), key=str(i).encode())
+    loop.erp.delay_s = lambda iid: 30.0 if iid >= 910 else 0.0
+    loop.consumer.assign([(TOPIC, 0)])
+    loop.until(lambda: loop.p.stats.pushed == 10 and loop.erp.in_flight == 4, what="10 accepted, 4 hanging")
+    loop.p.stop("SIGTERM")
+    loop.p.shutdown()
+    (line,) = [r for r in caplog.records if getattr(r, "event", None) == "shutdown_abandoned"]
+    assert line.getMessage() == ("shutdown: 20 records unfinished (0 pushes given up, 4 in a request, 16 queued, "
+                                 "0 dead letters unconfirmed); the next owner reads them again from wf[0]@10")
+    (stopped,) = [r for r in caplog.records if getattr(r, "event", None) == "stopped"]
+    assert stopped.getMessage() == "stopped: 10 pushed, 0 duplicates, 0 skipped, 0 dead-lettered, " \
+        f"{loop.p.stats.commits} commits, 20 unfinished"
+    assert loop.consumer.committed_offsets() == {(TOPIC, 0): 10}
+
+
+def test_lag_is_not_exported_before_the_high_watermark_is_known(make: Callable[..., Loop]) -> None:
+    """Issue "on-call defects" 11: a partition with 10 records waiting showed lag 0 until the first read."""
+    loop = make()
+    loop.consumer.assign([(TOPIC, 0)])
+    loop.p.step()
+    loop.p.lag.update()
+    registry = loop.p.metrics.registry
+    labels = {"topic": TOPIC, "partition": "0"}
+    assert registry.get_sample_value("erp_sync_consumer_lag", labels) is None, "unknown is not zero"
+    assert registry.get_sample_value("erp_sync_consumer_lag_seconds", labels) is None
+    loop.p.watermarks.high[(TOPIC, 0)] = 10  # the first read answers
+    loop.p.lag.update()
+    assert registry.get_sample_value("erp_sync_consumer_lag", labels) == 10
+    lag_s = registry.get_sample_value("erp_sync_consumer_lag_seconds", labels)
+    assert lag_s is not None and 0 <= lag_s < 1.0  # since it reached its end (EOF), with 10 records not read
+    assert registry.get_sample_value("erp_sync_committed_offset", labels) is None  # nothing committed yet
+
+
+def test_readiness_says_the_broker_is_unreachable_and_never_ready_after_losing_the_group(
+        make: Callable[..., Loop]) -> None:
+    """Issue "on-call defects" 3: /readyz said ready ("member of the group, 0 partitions") with the broker down."""
+    loop = make()
+    health = loop.p.health
+    assert health.readiness() == (False, "broker not reachable: connecting to the Kafka broker")
+    loop.consumer.assign([(TOPIC, 0)])
+    loop.p.step()
+    assert health.readiness() == (True, "ok: 1 partitions assigned")
+    watermarks = loop.p.watermarks
+    watermarks.failures, watermarks.error = 1, "no answer from 127.0.0.1:9 (Metadata request: timed out)"
+    loop.p.lag.update()
+    assert health.readiness()[0] is True, "one failed query is not an outage"
+    watermarks.failures = 2
+    loop.p.lag.update()
+    assert health.readiness() == (False, "broker not reachable: no answer from 127.0.0.1:9 (Metadata request: "
+                                         "timed out)")
+    assert loop.p.metrics.registry.get_sample_value("erp_sync_broker_up") == 0
+    loop.consumer.lose()  # the session timed out while the broker was away
+    loop.p.step()
+    watermarks.failures, watermarks.ok = 0, True  # the broker answers again
+    loop.p.lag.update()
+    assert health.readiness() == (False, "waiting for a partition assignment (joining the consumer group)")
+    loop.consumer.assign([(TOPIC, 0)])
+    loop.p.step()
+    assert health.readiness() == (True, "ok: 1 partitions assigned")
+    assert loop.p.metrics.registry.get_sample_value("erp_sync_broker_up") == 1
+
+
+def test_a_partition_without_committed_offset_is_announced_with_its_start_offset(
+        make: Callable[..., Loop], caplog: pytest.LogCaptureFixture) -> None:
+    """Issue "on-call defects" 12: expired group offsets re-pushed everything with only "assigned" in the log."""
+    loop = make()
+    for i in range(3):
+        loop.cluster.append(TOPIC, 0, event(1000 + i))
+        loop.cluster.append(TOPIC, 1, event(1100 + i))
+    loop.cluster.committed[(TOPIC, 1)] = 2  # partition 1 has a committed offset, partition 0 has none
+    loop.consumer.assign([(TOPIC, 0), (TOPIC, 1)])
+    loop.until(lambda: loop.consumer.committed_offsets() == {(TOPIC, 0): 3, (TOPIC, 1): 3})
+    lines = [r.getMessage() for r in caplog.records if getattr(r, "event", None) == "no_committed_offset"]
+    assert lines == ["wf[0] had no committed offset for group apaas-erp-sync: reading from offset 0 "
+                     "(auto.offset.reset=earliest); if the group had committed before, its offsets expired or were "
+                     "deleted and records are read again (or skipped)"]
+    counter = loop.p.metrics.registry.get_sample_value("erp_sync_partitions_without_committed_offset_total",
+                                                       {"topic": TOPIC})
+    assert counter == 1

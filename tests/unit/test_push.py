@@ -113,6 +113,7 @@ class Notes:
     def __init__(self) -> None:
         self.answers: list[str] = []
         self.backoffs: list[tuple[str, int]] = []
+        self.retries: list[tuple[str, int]] = []
         self.recoveries: list[int] = []
 
     def answered(self, verdict: Verdict, duration_s: float) -> None:
@@ -120,6 +121,9 @@ class Notes:
 
     def backing_off(self, verdict: Verdict, delay_s: float, failures: int, context: object) -> None:
         self.backoffs.append((verdict.code, failures))
+
+    def retrying(self, verdict: Verdict, delay_s: float, retries: int, context: object) -> None:
+        self.retries.append((verdict.code, retries))
 
     def recovered(self, failures: int, failing_for_s: float) -> None:
         self.recoveries.append(failures)
@@ -137,8 +141,9 @@ def test_the_push_routine_retries_until_accepted_and_reports_each_step() -> None
     result = asyncio.run(pusher.push(b"{}", "k", lambda: False))
     assert result == PushResult(Verdict(Outcome.ACCEPTED, "OK", "", "r-1"), 4)
     assert notes.answers == ["InternalError", "HTTP_503", "RequestLimitExceeded", "OK"]
-    assert notes.backoffs == [("InternalError", 1), ("HTTP_503", 2), ("RequestLimitExceeded", 3)]
-    assert notes.recoveries == [3]
+    assert notes.retries == [("InternalError", 1)]  # this record only: it waits alone
+    assert notes.backoffs == [("HTTP_503", 1), ("RequestLimitExceeded", 2)]  # the endpoint: everyone waits
+    assert notes.recoveries == [2]
 
 
 def test_the_push_routine_stops_at_a_reject_and_gives_up_when_cancelled() -> None:

@@ -18,6 +18,7 @@ from consumer.erp.verdict import (
     Verdict,
     code_matches,
     parse_retry_after,
+    speaks_for_endpoint,
     transport_verdict,
     verdict,
 )
@@ -230,12 +231,13 @@ def test_verdict_uses_http_date() -> None:
 
 
 def test_transport_verdicts() -> None:
-    assert transport_verdict(httpx.ConnectError("x")) == Verdict(Outcome.RETRY, "ConnectError", "x")
-    assert transport_verdict(httpx.ReadTimeout("slow")) == Verdict(Outcome.RETRY, "Timeout", "slow")
-    assert transport_verdict(httpx.ConnectTimeout("")) == Verdict(Outcome.RETRY, "Timeout", "Timeout")
+    assert transport_verdict(httpx.ConnectError("x")) == Verdict(Outcome.RETRY, "ConnectError", "x", transport=True)
+    assert transport_verdict(httpx.ReadTimeout("slow")) == Verdict(Outcome.RETRY, "Timeout", "slow", transport=True)
+    assert transport_verdict(httpx.ConnectTimeout("")) == Verdict(Outcome.RETRY, "Timeout", "Timeout", transport=True)
     assert transport_verdict(httpx.PoolTimeout("p")).code == "Timeout"
     assert transport_verdict(httpx.WriteTimeout("w")).code == "Timeout"
-    assert transport_verdict(httpx.RemoteProtocolError("gone")) == Verdict(Outcome.RETRY, "RemoteProtocolError", "gone")
+    assert transport_verdict(httpx.RemoteProtocolError("gone")) == Verdict(Outcome.RETRY, "RemoteProtocolError", "gone",
+                                                                           transport=True)
     assert transport_verdict(httpx.ReadError("e" * 900)).message == "e" * 499 + "…"
 
 
@@ -303,3 +305,20 @@ def test_operator_retry_statuses_turn_a_reject_into_a_retry() -> None:
     v = verdict(401, {"retry-after": "3"}, b"Unauthorized", retry_statuses=frozenset({401, 403}))
     assert (v.outcome, v.code, v.retry_after_s) == (Outcome.RETRY, "HTTP_401", 3.0)
     assert verdict(404, {}, b"", retry_statuses=frozenset({401})).outcome is Outcome.REJECT
+
+
+@pytest.mark.parametrize(("verdict", "endpoint"), [
+    (Verdict(Outcome.RETRY, "Timeout", transport=True), True),
+    (Verdict(Outcome.RETRY, "InternalError", retry_after_s=5.0), True),
+    (Verdict(Outcome.RETRY, "RequestLimitExceeded.UinLimit"), True),
+    (Verdict(Outcome.RETRY, "AuthFailure.SignatureExpire"), True),
+    (Verdict(Outcome.RETRY, "HTTP_429"), True),
+    (Verdict(Outcome.RETRY, "HTTP_503"), True),
+    (Verdict(Outcome.RETRY, "InternalError"), False),
+    (Verdict(Outcome.RETRY, "InternalError.DbError"), False),
+    (Verdict(Outcome.RETRY, "InvalidResponse"), False),
+    (Verdict(Outcome.RETRY, "HTTP_500"), False),
+    (Verdict(Outcome.RETRY, "HTTP_408"), False),
+])
+def test_which_retry_answers_speak_for_the_whole_endpoint(verdict: Verdict, endpoint: bool) -> None:
+    assert speaks_for_endpoint(verdict) is endpoint
