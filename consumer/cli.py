@@ -23,6 +23,7 @@ from confluent_kafka import KafkaException
 from . import __version__, logs, ops
 from .errors import ConfigError
 from .kafka import error_text
+from .ops.topics import cmd_create_topics
 from .settings import Settings, load_settings, validate_kafka_config
 
 log = logging.getLogger("consumer.cli")
@@ -35,6 +36,8 @@ stack is installed, never imported by the product (``tests/unit/test_imports.py`
 def _settings() -> Settings:
     settings = load_settings()
     logs.setup(settings.log_format, settings.log_level)
+    for warning in settings.unknown_variables:
+        log.warning("%s", warning, extra={"event": "unknown_variable"})
     return settings
 
 
@@ -43,8 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from . import app
 
     settings = _settings()
-    if not settings.erp_url:
-        raise ConfigError("ERP_SYNC_ERP_URL: required (the ERP endpoint, e.g. https://erp.example.com/apaas/push)")
+    settings.require_erp_url()
     validate_kafka_config(settings)
     log.info("configuration: %s", json.dumps(settings.redacted()), extra={"event": "config"})
     app.exit_now(app.run(settings, exit_when_idle_s=args.exit_when_idle))
@@ -52,41 +54,28 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """``erp-sync check-config``: validate everything a start would validate; print it redacted."""
+    """``erp-sync check-config [--connect]``: validate what ``run`` validates; print it redacted.
+
+    Exit code 2 on any setting ``run`` refuses; with ``--connect``, 1 when the broker, the schema
+    registry or the ERP does not answer (each on its own line).
+    """
     settings = load_settings()
+    for warning in settings.unknown_variables:
+        print(f"warning: {warning}", file=sys.stderr)
+    settings.require_erp_url()
     validate_kafka_config(settings)
     from .erp.client import ErpClient
 
-    if settings.erp_url:
-        ErpClient(settings, max_connections=1)  # TLS files, secret files
-    else:
-        print("warning: ERP_SYNC_ERP_URL is not set; `erp-sync run` requires it", file=sys.stderr)
-    settings.auth_header_value()
-    settings.hmac_secret()
+    ErpClient(settings, max_connections=1)  # TLS files, secret files
     print(json.dumps(settings.redacted(), indent=2, sort_keys=True))
-    return 0
+    if not args.connect:
+        return 0
+    from .ops.connect import check_connections
 
-
-def cmd_create_topics(args: argparse.Namespace) -> int:
-    """``erp-sync create-topics``: create the source and dead-letter topics if they are missing."""
-    from confluent_kafka.admin import NewTopic
-
-    from .kafka import admin_client
-
-    settings = _settings()
-    admin = admin_client(settings)
-    existing = admin.list_topics(timeout=15).topics
-    wanted = [NewTopic(settings.topic, args.partitions, args.replication_factor),
-              NewTopic(settings.dead_letter_topic, args.dlq_partitions, args.replication_factor)]
-    missing = [t for t in wanted if t.topic not in existing]
-    for topic in wanted:
-        if topic.topic in existing:
-            print(f"{topic.topic}: exists ({len(existing[topic.topic].partitions)} partitions)")
-    if missing:
-        for name, future in admin.create_topics(missing, request_timeout=30).items():
-            future.result(timeout=60)
-            print(f"{name}: created")
-    return 0
+    checks = check_connections(settings, args.connect_timeout)
+    for check in checks:
+        print(check.line(), file=sys.stderr)
+    return 0 if all(c.ok for c in checks) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,9 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     topics.add_argument("--partitions", type=int, default=6)
     topics.add_argument("--dlq-partitions", type=int, default=1)
     topics.add_argument("--replication-factor", type=int, default=1)
-    topics.set_defaults(func=cmd_create_topics)
+    topics.set_defaults(func=ops.guarded("create-topics", cmd_create_topics))
 
     check = sub.add_parser("check-config", help="validate the configuration and print it with secrets redacted")
+    check.add_argument("--connect", action="store_true",
+                       help="also try the broker, the schema registry and the ERP endpoint (exit 1 if one fails)")
+    check.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
+                       help="longest wait of each --connect check (default 10)")
     check.set_defaults(func=cmd_check_config)
 
     ops.register(sub)

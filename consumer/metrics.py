@@ -96,6 +96,9 @@ class Metrics:
                                "The source topic's retention.ms / 1000 (-1 when unlimited).", ["topic"], registry=r)
         self.assigned = Gauge("erp_sync_partitions_assigned", "Partitions assigned to this consumer.", registry=r)
         self.paused = Gauge("erp_sync_paused_partitions", "Partitions paused for backpressure.", registry=r)
+        self.dead_letter_values_omitted = Counter(
+            "erp_sync_dead_letter_values_omitted", "Dead letters written without their value: the dead-letter topic "
+            "refused them for their size (the original stays in the source topic).", registry=r)
         self.dlq_pending = Gauge("erp_sync_dead_letters_pending",
                                  "Dead letters waiting for broker confirmation or retrying.", registry=r)
         self.broker_up = Gauge("erp_sync_broker_up", "1 while the Kafka broker answers this process's queries, "

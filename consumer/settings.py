@@ -15,6 +15,7 @@ also be read from a file named by ``<NAME>_FILE`` (a mounted Kubernetes Secret).
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -111,6 +112,8 @@ class Settings(BaseSettings):
     kafka_consumer_config: dict[str, str] = Field(default_factory=dict, exclude=True, repr=False)
     kafka_producer_config: dict[str, str] = Field(default_factory=dict, exclude=True, repr=False)
     kafka_config_sources: dict[str, str] = Field(default_factory=dict, exclude=True, repr=False)
+    unknown_variables: tuple[str, ...] = Field(default=(), exclude=True, repr=False)
+    """One warning per ``ERP_SYNC_*`` name that is no setting, with the closest known name (a typo is not silent)."""
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: Any,
@@ -120,6 +123,16 @@ class Settings(BaseSettings):
 
     _split_lists = field_validator("erp_retry_codes", "erp_duplicate_codes", "erp_retry_http_statuses",
                                    mode="before")(_split)
+
+    @field_validator("kafka_bootstrap_servers", mode="before")
+    @classmethod
+    def _servers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            servers = [part.strip() for part in value.split(",")]
+            if not value.strip() or not all(servers):
+                raise ValueError("no broker address: set it to the bootstrap brokers, e.g. broker-1:9092,broker-2:9092")
+            return ",".join(servers)
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -160,6 +173,25 @@ class Settings(BaseSettings):
         """The DLQ topic: ``ERP_SYNC_DLQ_TOPIC`` or ``<topic>.dlq``."""
         return self.dlq_topic or f"{self.topic}.dlq"
 
+    @property
+    def dead_letter_max_bytes(self) -> int:
+        """The largest dead letter in bytes: any record the consumer can fetch, plus 64 KiB of headers.
+
+        That is the consumer's ``receive.message.max.bytes`` (librdkafka's default 100,000,000) + 65,536,
+        within librdkafka's limit of 10**9.
+        """
+        receive = int(self.consumer_config().get("receive.message.max.bytes", 100_000_000))
+        return max(1_000_000, min(1_000_000_000, receive + 65_536))
+
+    def require_erp_url(self) -> None:
+        """Refuse a start without an ERP endpoint (``run`` and ``check-config`` alike).
+
+        Raises:
+            ConfigError: ``ERP_SYNC_ERP_URL`` is not set.
+        """
+        if not self.erp_url:
+            raise ConfigError("ERP_SYNC_ERP_URL: required (the ERP endpoint, e.g. https://erp.example.com/apaas/push)")
+
     def auth_header_value(self) -> str | None:
         """The static ERP auth header's value, from the variable or its ``_FILE`` (stripped)."""
         return _secret_value(self.erp_auth_header_value, self.erp_auth_header_value_file,
@@ -195,8 +227,8 @@ class Settings(BaseSettings):
             "enable.idempotence": True,
             "linger.ms": 5,
             "message.timeout.ms": 10000,  # a failing dead letter surfaces within 10 s, then retries
-            # a dead letter carries a value up to ERP_SYNC_MAX_VALUE_BYTES plus headers
-            "message.max.bytes": max(1_000_000, self.max_value_bytes + 65_536),
+            # a dead letter carries any value the consumer can receive, plus headers
+            "message.max.bytes": self.dead_letter_max_bytes,
             "topic.metadata.propagation.max.ms": 5000,  # a missing DLQ topic is reported within 5 s
             "client.id": f"apaas-erp-sync-dlq-{os.uname().nodename}",
         }
@@ -313,11 +345,30 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     try:
         settings = Settings(
             **{**fields, "kafka_config": kafka, "kafka_consumer_config": consumer,
-               "kafka_producer_config": producer, "kafka_config_sources": sources}
+               "kafka_producer_config": producer, "kafka_config_sources": sources,
+               "unknown_variables": _unknown(merged)}
         )
     except ValidationError as exc:
         raise ConfigError(_explain(exc)) from None
     return settings
+
+
+def known_variables() -> list[str]:
+    """Every ``ERP_SYNC_*`` name that is a setting (the ``ERP_SYNC_KAFKA_*`` pass-through aside)."""
+    names = [ENV_PREFIX + name.upper() for name, field in Settings.model_fields.items() if not field.exclude]
+    return [*names, ENV_PREFIX + "CONFIG_FILE"]
+
+
+def _unknown(variables: Mapping[str, str]) -> tuple[str, ...]:
+    """``ERP_SYNC_*`` names that mean nothing, as ``"NAME is not a setting: ignored (did you mean CLOSEST?)"``."""
+    known = known_variables()
+    out = []
+    for name in sorted(variables):
+        if name in known or (name.startswith(KAFKA_PREFIX) and name not in _OWN_KAFKA_VARS):
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        out.append(f"{name} is not a setting: ignored" + (f" (did you mean {close[0]}?)" if close else ""))
+    return tuple(out)
 
 
 def _explain(exc: ValidationError) -> str:
@@ -325,8 +376,8 @@ def _explain(exc: ValidationError) -> str:
     for err in exc.errors():
         loc = err.get("loc") or ()
         name = ENV_PREFIX + str(loc[0]).upper() if loc else "configuration"
-        message = err.get("msg", "invalid")
-        parts.append(f"{name}: {message}" if loc else message.removeprefix("Value error, "))
+        message = err.get("msg", "invalid").removeprefix("Value error, ")
+        parts.append(f"{name}: {message}" if loc else message)
     return "; ".join(parts)
 
 

@@ -12,10 +12,18 @@ them (:func:`dead_letter_headers`), ``dlq replay`` reads (:func:`read_headers`) 
 (:func:`rewritten_headers`).
 
 The source offset is committed only after the broker confirmed the dead letter (``acks=all``).
-When the dead-letter topic cannot be written (missing with auto-create off, message too large,
-no permission), the writer logs the broker's error and tries again with exponential backoff
-(1 s → 60 s), forever: the source offset stays uncommitted and nothing is lost;
-``erp_sync_dead_letters_pending`` and the ``ErpSyncDeadLettersPending`` alert make it visible.
+When the dead-letter topic cannot be written (missing with auto-create off, no permission), the
+writer logs the broker's error and tries again with exponential backoff (1 s → 60 s), forever:
+the source offset stays uncommitted and nothing is lost; ``erp_sync_dead_letters_pending`` and the
+``ErpSyncDeadLettersPending`` alert make it visible.
+
+Size: every value the consumer can receive fits in the producer's limit (``message.max.bytes`` follows
+the consumer's ``receive.message.max.bytes``), and ``erp-sync create-topics`` gives the dead-letter
+topic the source's ``max.message.bytes`` plus 64 KiB. When the dead-letter topic still refuses a
+letter for its size, the letter is written without its value, with ``erp_sync.value.omitted``
+saying how large it was and why (an ERROR line, ``erp_sync_dead_letter_values_omitted_total``): its
+partition moves on, and ``dlq replay`` reads the original value from the source topic
+(``erp_sync.original.*``) while the topic's retention keeps it.
 """
 
 from __future__ import annotations
@@ -28,9 +36,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError, KafkaException, Message
 
 from ..errors import ErpRejectError, RecordError
+from ..kafka import error_text
 from ..logs import Throttle
 
 log = logging.getLogger(__name__)
@@ -46,6 +55,13 @@ H_ATTEMPTS = "erp_sync.attempts"
 H_REQUEST_ID = "erp_sync.erp.request_id"
 H_REPLAYS = "erp_sync.replays"
 """Added by ``dlq replay``: how many times the dead letter was replayed."""
+H_VALUE_OMITTED = "erp_sync.value.omitted"
+"""Set when the dead-letter topic refused the letter for its size: ``<bytes> bytes: <broker's reason>``; the
+value is left out and ``dlq replay`` reads it from ``erp_sync.original.*`` while retention keeps it."""
+TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
+"""Kafka's answers for a message larger than the topic (or the producer) allows."""
+MAX_MESSAGE_HEADER_BYTES = 2000
+"""``erp_sync.error.message`` is cut to this many bytes (a dead letter's headers stay small)."""
 ERROR_HEADERS = frozenset({H_CLASS, H_CODE, H_MESSAGE, H_ATTEMPTS, H_REQUEST_ID, H_REPLAYS})
 """The headers that describe the failure (replaced when a replayed letter fails again)."""
 
@@ -71,7 +87,7 @@ def error_headers(error: RecordError, attempts: int, replays: int | None = None)
     headers: Headers = [
         (H_CLASS, error.error_class.encode()),
         (H_CODE, error.code.encode()),
-        (H_MESSAGE, error.message.encode("utf-8", "replace")),
+        (H_MESSAGE, error.message.encode("utf-8", "replace")[:MAX_MESSAGE_HEADER_BYTES]),
         (H_ATTEMPTS, str(attempts).encode()),
     ]
     if replays is not None:
@@ -154,6 +170,8 @@ class DeadLetter:
     cancelled: Callable[[], bool] | None = None
     failures: int = 0
     last_error: str = field(default="")
+    value_omitted: int | None = None
+    """The size in bytes of the value left out (the dead-letter topic refused it), else None."""
 
 
 class DeadLetterWriter:
@@ -196,6 +214,8 @@ class DeadLetterWriter:
                 letter.on_done(letter)
                 if self.on_confirmed is not None:
                     self.on_confirmed(letter)
+            elif err.code() in TOO_LARGE and letter.value is not None:
+                self._omit_value(letter, f"{err.name()}: {err.str()}")
             else:
                 self._failed(letter, f"{err.name()}: {err.str()}")
 
@@ -204,8 +224,26 @@ class DeadLetterWriter:
                                    headers=list(letter.headers), on_delivery=delivered)
         except BufferError:
             self._failed(letter, "local producer queue is full")
-        except Exception as exc:  # KafkaException (e.g. message larger than message.max.bytes)
+        except KafkaException as exc:  # e.g. larger than the producer's message.max.bytes
+            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if err is not None and err.code() in TOO_LARGE and letter.value is not None:
+                self._omit_value(letter, f"{err.name()}: {err.str()}")
+            else:
+                self._failed(letter, error_text(exc))
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the letter is retried
             self._failed(letter, f"{type(exc).__name__}: {exc}")
+
+    def _omit_value(self, letter: DeadLetter, reason: str) -> None:
+        """The dead-letter topic refuses the letter for its size: write it without its value."""
+        assert letter.value is not None
+        letter.value_omitted = len(letter.value)
+        log.error("dead letter of %d bytes refused by %s (%s): written without its value; the original stays at "
+                  "%s[%d]@%d (dlq replay reads it there while retention keeps it). Raise the topic's "
+                  "max.message.bytes to keep whole values", letter.value_omitted, self.topic, reason, letter.topic,
+                  letter.partition, letter.offset, extra=_fields(letter, event="dead_letter_value_omitted"))
+        letter.headers = [*letter.headers, (H_VALUE_OMITTED, f"{letter.value_omitted} bytes: {reason}".encode())]
+        letter.value = None
+        self._produce(letter)
 
     def _failed(self, letter: DeadLetter, reason: str) -> None:
         letter.failures += 1

@@ -168,4 +168,6 @@ class Settler:
         self.stats.dead_lettered += 1
         self.stats.by_class[letter.error.error_class] = self.stats.by_class.get(letter.error.error_class, 0) + 1
         self.metrics.dead_letter(letter.error.error_class, letter.error.code)
+        if letter.value_omitted is not None:
+            self.metrics.dead_letter_values_omitted.inc()
         self.metrics.dlq_pending.set(self.dead_letters.pending)

@@ -32,7 +32,7 @@ from .reset import RESET_HELP, cmd_reset_offsets
 from .status import STATUS_HELP, cmd_status
 
 
-def _guarded(name: str, func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+def guarded(name: str, func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Wrap a command: print tool and Kafka errors as one clear line and return their exit code.
 
     :class:`~consumer.errors.ConfigError` is left to ``erp-sync``'s ``main`` (exit code 2).
@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     status = subparsers.add_parser("status", help="per-partition offsets, lag and lag seconds; group members",
                                    description=STATUS_HELP, formatter_class=raw)
     status.add_argument("--json", action="store_true", help="print a JSON document instead of tables")
-    status.set_defaults(func=_guarded("status", cmd_status))
+    status.set_defaults(func=guarded("status", cmd_status))
 
     reset = subparsers.add_parser("reset-offsets", help="move the group's committed offsets (topic replay)",
                                   description=RESET_HELP, formatter_class=raw)
@@ -76,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="move by N records (negative: back, to re-read them)")
     reset.add_argument("--partitions", metavar="0,2", help="only these partitions (default: all)")
     reset.add_argument("--execute", action="store_true", help="apply the new offsets (default: dry run)")
-    reset.set_defaults(func=_guarded("reset-offsets", cmd_reset_offsets))
+    reset.set_defaults(func=guarded("reset-offsets", cmd_reset_offsets))
 
     replay = subparsers.add_parser("replay", help="re-push a time window without touching the group's offsets",
                                    description=REPLAY_HELP, formatter_class=raw)
@@ -87,7 +87,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="only this InstanceId (repeat for more)")
     replay.add_argument("--dry-run", action="store_true",
                         help="print what would be pushed (InstanceId, Idempotency-Key); send nothing")
-    replay.set_defaults(func=_guarded("replay", cmd_replay))
+    replay.set_defaults(func=guarded("replay", cmd_replay))
 
     dlq = subparsers.add_parser("dlq", help="dead-letter topic tools (dlq replay)",
                                 description="Tools for the dead-letter topic.")
@@ -99,5 +99,5 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     dlq_replay.add_argument("--class", dest="error_class", choices=("decode", "validation", "erp"),
                             help="only dead letters of this class (erp_sync.error.class)")
     dlq_replay.add_argument("--limit", type=int, metavar="N", help="replay at most N dead letters")
-    dlq_replay.set_defaults(func=_guarded("dlq replay", cmd_dlq_replay))
+    dlq_replay.set_defaults(func=guarded("dlq replay", cmd_dlq_replay))
 

@@ -6,21 +6,18 @@ never committed to (``dlq replay`` commits to its own group).
 
 from __future__ import annotations
 
-import enum
 import logging
-import time
+import sys
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import (
-    TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     ConsumerGroupTopicPartitions,
     KafkaError,
     KafkaException,
-    Message,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
@@ -257,117 +254,6 @@ def resume_position(committed: int | None, low: int, high: int, settings: Settin
     return high if policy in _RESET_LATEST else low
 
 
-def first_timestamps(settings: Settings, topic: str,
-                     ranges: Mapping[int, tuple[int, int]],
-                     timeout_s: float = LAG_PROBE_TIMEOUT_S) -> dict[int, int | None]:
-    """Read the first record of each ``[start, end)`` range (assign at ``start``) and return its timestamp.
-
-    Args:
-        settings: the configuration.
-        topic: the topic.
-        ranges: ``{partition: (start offset, end offset)}``; empty ranges are not read.
-        timeout_s: how long to wait for the records, seconds.
-
-    Returns:
-        ``{partition: timestamp in ms since the epoch, or None}`` (None: empty range, no timestamp,
-        or nothing readable within the timeout, e.g. an open transaction).
-    """
-    out: dict[int, int | None] = {p: None for p in ranges}
-    todo = {p for p, (start, end) in ranges.items() if start < end}
-    if not todo:
-        return out
-    consumer = Consumer(reader_config(settings, "lag"))
-    try:
-        consumer.assign([TopicPartition(topic, p, ranges[p][0]) for p in sorted(todo)])
-        deadline = time.monotonic() + timeout_s
-        while todo and time.monotonic() < deadline:
-            msg = consumer.poll(0.2)
-            if msg is None:
-                continue
-            p = int(msg.partition() or 0)
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    todo.discard(p)
-                continue
-            if p in todo:
-                ts_type, ts = msg.timestamp()
-                out[p] = ts if ts_type != TIMESTAMP_NOT_AVAILABLE and int(msg.offset() or 0) < ranges[p][1] else None
-                todo.discard(p)
-                consumer.pause([TopicPartition(topic, p)])
-    finally:
-        consumer.close()
-    return out
-
-
-class Step(enum.Enum):
-    """What :func:`read_ranges` does after a record."""
-
-    NEXT = "next"
-    STOP_PARTITION = "stop_partition"
-    STOP_ALL = "stop_all"
-
-
-def read_ranges(consumer: Consumer, topic: str, ranges: Mapping[int, tuple[int, int]],
-                handle: Callable[[Message], Step], stall_timeout_s: float = READ_STALL_TIMEOUT_S) -> None:
-    """Read each partition's ``[start, end)`` offsets in offset order, calling ``handle`` per record.
-
-    Args:
-        consumer: a consumer that is not subscribed (it is assigned here).
-        topic: the topic.
-        ranges: ``{partition: (start offset, end offset)}``.
-        handle: called with each record; returns what to do next.
-        stall_timeout_s: give up when no record arrives for this many seconds.
-
-    Raises:
-        ToolError: nothing arrived for ``stall_timeout_s`` seconds while records were expected.
-    """
-    todo = {p: end for p, (start, end) in ranges.items() if start < end}
-    if not todo:
-        return
-    consumer.assign([TopicPartition(topic, p, ranges[p][0]) for p in sorted(todo)])
-    positions = {p: ranges[p][0] for p in todo}
-
-    def finish(p: int) -> None:
-        todo.pop(p, None)
-        consumer.pause([TopicPartition(topic, p)])
-
-    last = time.monotonic()
-    while todo:
-        polled = consumer.poll(0.5)  # returns as soon as one record is there (consume() waits for a batch)
-        msgs = [polled] if polled is not None else []
-        if msgs:
-            last = time.monotonic()
-        elif time.monotonic() - last > stall_timeout_s:
-            where = ", ".join(f"partition {p} at offset {positions[p]} of {end}" for p, end in sorted(todo.items()))
-            raise ToolError(f"no record arrived from {topic} for {stall_timeout_s:.0f} s ({where}); is the broker "
-                            "reachable? (records of an open transaction stay invisible under read_committed)")
-        for msg in msgs:
-            p = int(msg.partition() or 0)
-            if p not in todo:
-                continue
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    finish(p)
-                elif err.fatal():
-                    raise KafkaException(err)
-                else:
-                    log.warning("reading %s[%d]: %s", topic, p, err.str())
-                continue
-            offset = int(msg.offset() or 0)
-            if offset >= todo[p]:
-                finish(p)
-                continue
-            positions[p] = offset + 1
-            step = handle(msg)
-            last = time.monotonic()
-            if step is Step.STOP_ALL:
-                return
-            if step is Step.STOP_PARTITION or offset + 1 >= todo.get(p, 0):
-                finish(p)
-
-
 def tool_settings(needs_erp: bool = False) -> Settings:
     """Load and check the configuration of a tool (as ``run`` does); set up logging.
 
@@ -376,32 +262,10 @@ def tool_settings(needs_erp: bool = False) -> Settings:
     """
     settings = load_settings()
     logs.setup(settings.log_format, settings.log_level)
+    for warning in settings.unknown_variables:
+        print(f"warning: {warning}", file=sys.stderr)
     validate_kafka_config(settings)
     if needs_erp and not settings.erp_url:
         raise ConfigError("ERP_SYNC_ERP_URL: required to push (the ERP endpoint, e.g. "
                           "https://erp.example.com/apaas/push); --dry-run works without it")
     return settings
-
-
-@dataclass
-class ToolRun:
-    """How a tool's read of records ended early, if it did.
-
-    Attributes:
-        error: a runtime failure that stopped it (the records after those counted were not handled).
-        interrupted: Ctrl-C stopped it.
-    """
-
-    error: str | None = None
-    interrupted: bool = False
-
-
-def read_into_summary(summary: ToolRun, consumer: Consumer, topic: str,
-                       ranges: Mapping[int, tuple[int, int]], handle: Callable[[Message], Step]) -> None:
-    """:func:`read_ranges`, recording a ToolError or Ctrl-C in the summary instead of raising it."""
-    try:
-        read_ranges(consumer, topic, ranges, handle)
-    except ToolError as exc:
-        summary.error = str(exc)
-    except KeyboardInterrupt:
-        summary.interrupted = True

@@ -27,16 +27,18 @@ from ..delivery.dead_letters import (
     H_PARTITION,
     H_REPLAYS,
     H_TOPIC,
+    H_VALUE_OMITTED,
     int_header,
     read_headers,
     rewritten_headers,
 )
 from ..erp.verdict import Outcome
-from ..errors import ErpRejectError, RecordError, ToolError, UsageError
+from ..errors import DecodeError, ErpRejectError, RecordError, ToolError, UsageError
 from ..kafka import error_text
 from ..settings import Settings
-from .cluster import REQUEST_TIMEOUT_S, Cluster, Step, ToolRun, read_into_summary, reader_config, tool_settings
+from .cluster import REQUEST_TIMEOUT_S, Cluster, reader_config, tool_settings
 from .console import Progress, plural, table
+from .reading import Step, ToolRun, read_into_summary, read_record
 from .replay import instance_of, open_pusher
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,23 @@ class DlqSummary(ToolRun):
     def count(self, result: str) -> int:
         """How many dead letters ended with ``result``."""
         return sum(1 for letter in self.letters if letter.result == result)
+
+
+def letter_value(settings: Settings, letter: Message, headers: dict[str, str]) -> bytes | None:
+    """A dead letter's value; read from the source topic when the letter was written without it.
+
+    Raises:
+        DecodeError: ``ValueOmitted``: the letter has no value and the original record is gone.
+    """
+    if letter.value() is not None or H_VALUE_OMITTED not in headers:
+        return letter.value()
+    topic, partition, offset = headers.get(H_TOPIC, ""), int_header(headers, H_PARTITION), int_header(headers, H_OFFSET)
+    original = read_record(settings, topic, partition, offset)
+    if original is None:
+        raise DecodeError("ValueOmitted", f"the dead letter was written without its value "
+                                          f"({headers[H_VALUE_OMITTED]}) and the original at {topic}[{partition}]"
+                                          f"@{offset} is no longer in the topic (retention)")
+    return original.value()
 
 
 def _write_back(producer: Producer, topic: str, msg: Message, headers: list[Any]) -> None:
@@ -192,7 +211,7 @@ def replay_dead_letters(settings: Settings, dry_run: bool, error_class: str | No
             error: RecordError | None = None
             attempts = int_header(h, H_ATTEMPTS)
             try:
-                event = events.decode(msg.value(), max_bytes=settings.max_value_bytes)
+                event = events.decode(letter_value(settings, msg, h), max_bytes=settings.max_value_bytes)
                 if not transform.is_pushed(event):
                     record(instance_of(event), "skipped", f"status {event.get('status')} is not pushed")
                     commit(msg)

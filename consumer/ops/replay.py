@@ -27,8 +27,9 @@ from ..erp.client import ErpClient
 from ..erp.verdict import Outcome, Verdict
 from ..errors import RecordError, ToolError, UsageError
 from ..settings import Settings
-from .cluster import Cluster, Step, ToolRun, read_into_summary, reader_config, tool_settings
+from .cluster import Cluster, reader_config, tool_settings
 from .console import Progress, time_arg
+from .reading import Step, ToolRun, read_into_summary
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..settings import Settings
-from .cluster import LAG_PROBE_TIMEOUT_S, Cluster, GroupInfo, first_timestamps, resume_position, tool_settings
+from .cluster import LAG_PROBE_TIMEOUT_S, Cluster, GroupInfo, resume_position, tool_settings
 from .console import epoch_ms, table
+from .reading import first_timestamps
 
 log = logging.getLogger(__name__)
 

@@ -214,13 +214,15 @@ class FakeConsumer:
 class FakeProducer:
     """The dead-letter producer: keeps what it was given; the broker's answer comes with ``poll``.
 
-    ``fail_with`` set to a KafkaError code makes every delivery fail with it (the DLQ cannot be written).
+    ``fail_with`` set to a KafkaError code makes every delivery fail with it (the DLQ cannot be written);
+    ``max_value_bytes`` makes the "broker" refuse larger values with ``MSG_SIZE_TOO_LARGE``.
     """
 
     def __init__(self) -> None:
         self.written: list[dict[str, Any]] = []
         self.attempts = 0
         self.fail_with: int | None = None
+        self.max_value_bytes: int | None = None
         self._pending: deque[tuple[Callable[..., None], dict[str, Any]]] = deque()
 
     def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None, **kwargs: Any) -> None:
@@ -232,8 +234,11 @@ class FakeProducer:
         served = 0
         while self._pending:
             callback, letter = self._pending.popleft()
+            too_large = self.max_value_bytes is not None and len(letter["value"] or b"") > self.max_value_bytes
             if self.fail_with is not None:
                 callback(KafkaError(self.fail_with), None)
+            elif too_large:
+                callback(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Broker: Message size too large"), None)
             else:
                 self.written.append(letter)
                 callback(None, None)

@@ -242,7 +242,7 @@ def test_undecodable_and_rejected_records_are_dead_lettered_and_committed_after_
     loop.cluster.append(TOPIC, 0, b"\xff\xfe not avro", key=b"k0")
     loop.cluster.append(TOPIC, 0, event(500), key=b"k1")
     loop.erp.answer = lambda iid: (200, "InvalidParameter.StartUser")
-    loop.producer.fail_with = 10  # the DLQ cannot be written for now (MSG_SIZE_TOO_LARGE)
+    loop.producer.fail_with = 29  # the DLQ cannot be written for now (TOPIC_AUTHORIZATION_FAILED)
     loop.consumer.assign([(TOPIC, 0)])
     loop.until(lambda: loop.producer.attempts >= 2, what="two dead-letter attempts")
     loop.steps(0.1)
@@ -449,3 +449,23 @@ def test_a_partition_without_committed_offset_is_announced_with_its_start_offset
     counter = loop.p.metrics.registry.get_sample_value("erp_sync_partitions_without_committed_offset_total",
                                                        {"topic": TOPIC})
     assert counter == 1
+
+
+def test_a_dead_letter_the_topic_refuses_for_its_size_is_written_without_its_value(
+        make: Callable[..., Loop], caplog: pytest.LogCaptureFixture) -> None:
+    """Issue "on-call defects" 1: MSG_SIZE_TOO_LARGE every 30 s stalled the partition for good."""
+    loop = make()
+    big = b"\xff" * 5000
+    loop.cluster.append(TOPIC, 0, big, key=b"big")
+    loop.cluster.append(TOPIC, 0, event(1200), key=b"next")
+    loop.producer.max_value_bytes = 1000  # the dead-letter topic's max.message.bytes
+    loop.consumer.assign([(TOPIC, 0)])
+    loop.until(lambda: loop.consumer.committed_offsets().get((TOPIC, 0)) == 2, what="the partition moves on")
+    (letter,) = loop.producer.written
+    headers = dict(letter["headers"])
+    assert letter["value"] is None and letter["key"] == b"big"
+    assert headers[H_CLASS] == b"decode" and headers[H_OFFSET] == b"0"
+    assert headers["erp_sync.value.omitted"] == b"5000 bytes: MSG_SIZE_TOO_LARGE: Broker: Message size too large"
+    assert loop.p.metrics.registry.get_sample_value("erp_sync_dead_letter_values_omitted_total") == 1
+    assert [r.levelname for r in caplog.records if getattr(r, "event", None) == "dead_letter_value_omitted"] == [
+        "ERROR"]

@@ -346,6 +346,45 @@ def test_check_config_missing_secret_file_exits_2(tmp_path: Path) -> None:
     assert "ERP_SYNC_ERP_HMAC_SECRET_FILE" in proc.stderr
 
 
+@pytest.mark.parametrize("command", ["check-config", "run"])
+@pytest.mark.parametrize("servers", ["", "  ", "b1:9092,,b2:9092"])
+def test_an_empty_bootstrap_server_list_is_refused_by_check_config_and_run(command: str, servers: str) -> None:
+    """Issue "on-call defects" 4: check-config accepted it and run idled forever."""
+    proc = subprocess.run([str(ERP_SYNC), command], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                          env=clean_env(ERP_SYNC_ERP_URL="https://erp.example/x",
+                                        ERP_SYNC_KAFKA_BOOTSTRAP_SERVERS=servers, ERP_SYNC_METRICS_PORT="0"))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "erp-sync: configuration error: ERP_SYNC_KAFKA_BOOTSTRAP_SERVERS: no broker address: set it to the "
+        "bootstrap brokers, e.g. broker-1:9092,broker-2:9092")
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_check_config_and_run_agree_that_the_erp_url_is_required(command: str) -> None:
+    """Issue "on-call defects" 5: check-config warned and exited 0 where run exited 2."""
+    proc = subprocess.run([str(ERP_SYNC), command], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                          env=clean_env(ERP_SYNC_METRICS_PORT="0"))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "erp-sync: configuration error: ERP_SYNC_ERP_URL: required (the ERP endpoint, e.g. "
+        "https://erp.example.com/apaas/push)")
+
+
+def test_a_mistyped_variable_is_named_with_the_closest_setting() -> None:
+    s = load_settings({"ERP_SYNC_MAX_IN_FLIGTH": "8", "ERP_SYNC_ERP_URLS": "x", "ERP_SYNC_TOPIC": "t",
+                       "ERP_SYNC_KAFKA_SASL_MECHANISM": "PLAIN", "ERP_SYNC_CONFIG_FILE_X": "y"})
+    assert s.unknown_variables == (
+        "ERP_SYNC_CONFIG_FILE_X is not a setting: ignored (did you mean ERP_SYNC_CONFIG_FILE?)",
+        "ERP_SYNC_ERP_URLS is not a setting: ignored (did you mean ERP_SYNC_ERP_URL?)",
+        "ERP_SYNC_MAX_IN_FLIGTH is not a setting: ignored (did you mean ERP_SYNC_MAX_IN_FLIGHT?)")
+    env = clean_env(ERP_SYNC_ERP_URL="https://erp.example/x", ERP_SYNC_RETRY_BACKOF_MAX_SECONDS="5")
+    proc = subprocess.run([str(ERP_SYNC), "check-config"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == ["warning: ERP_SYNC_RETRY_BACKOF_MAX_SECONDS is not a setting: ignored "
+                                        "(did you mean ERP_SYNC_RETRY_BACKOFF_MAX_SECONDS?)"]
+
+
 # --- *_FILE secrets -------------------------------------------------------------------------
 
 
@@ -408,5 +447,11 @@ def test_bad_settings_fail_at_start_naming_the_variable(env: dict[str, str], nam
 def test_retry_http_statuses_and_dead_letter_producer_size() -> None:
     s = load_settings({"ERP_SYNC_ERP_RETRY_HTTP_STATUSES": "401, 403", "ERP_SYNC_MAX_VALUE_BYTES": "5000000"})
     assert s.retry_http_statuses == frozenset({401, 403})
-    assert s.producer_config()["message.max.bytes"] == 5_065_536
-    assert load_settings({}).producer_config()["message.max.bytes"] == 1_114_112
+    # issue "on-call defects" 1: every record the consumer can fetch fits in its dead letter, whatever
+    # ERP_SYNC_MAX_VALUE_BYTES (the decode limit) says: it was ERP_SYNC_MAX_VALUE_BYTES + 64 KiB
+    assert s.producer_config()["message.max.bytes"] == 100_065_536
+    assert load_settings({}).producer_config()["message.max.bytes"] == 100_065_536
+    receive = load_settings({"ERP_SYNC_KAFKA_CONSUMER_RECEIVE_MESSAGE_MAX_BYTES": "20000000"})
+    assert receive.producer_config()["message.max.bytes"] == 20_065_536
+    assert load_settings({"ERP_SYNC_KAFKA_PRODUCER_MESSAGE_MAX_BYTES": "3000000"}).producer_config()[
+        "message.max.bytes"] == "3000000"  # an explicit producer setting wins
