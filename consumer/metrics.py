@@ -118,6 +118,7 @@ class Metrics:
         self.skipped = self.messages.labels(topic, "skipped")
         self.dead_lettered = self.messages.labels(topic, "dead_lettered")
         self.duplicate = self.messages.labels(topic, "duplicate")
+        self.already_done = self.messages.labels(topic, "already_done")
         self.commit_ok = self.commits.labels("ok")
         self.commit_error = self.commits.labels("error")
         self._request_children: dict[tuple[str, str], Any] = {}

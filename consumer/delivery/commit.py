@@ -6,7 +6,9 @@
    position (it steps over transaction markers, aborted records and compacted-away offsets that
    never reach the application);
 2. take each partition's committable offset: one past the contiguous run of finished records
-   (:meth:`~.offsets.PartitionOffsets.committable`), only where it moved;
+   (:meth:`~.offsets.PartitionOffsets.committable`), with the offsets finished beyond it in the
+   commit's metadata (:func:`~.offsets.encode_finished`, as Parallel Consumer does), so that the next
+   owner, after a rebalance or a ``kill -9``, skips them; only where either moved;
 3. commit them: asynchronously every ``ERP_SYNC_COMMIT_INTERVAL_SECONDS`` (the broker's answer comes
    back through :meth:`on_commit`), synchronously on revoke and at shutdown.
 
@@ -25,7 +27,8 @@ from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPar
 
 from ..logs import Throttle
 from ..metrics import Metrics
-from .partitions import TP, Assignment
+from .offsets import encode_finished
+from .partitions import TP, Assignment, PartitionState
 from .settle import RunStats
 
 log = logging.getLogger(__name__)
@@ -77,10 +80,9 @@ class Committer:
                     position = OFFSET_INVALID
                 if position >= 0:
                     state.offsets.advance_to(position)
-        pending = self.assignment.committable([s.tp for s in states])
-        if not pending:
+        tps = [tp for state in states if (tp := self._to_commit(state)) is not None]
+        if not tps:
             return
-        tps = [TopicPartition(t, p, off) for (t, p), off in pending.items()]
         try:
             if asynchronous:
                 consumer.commit(offsets=tps, asynchronous=True)
@@ -89,6 +91,22 @@ class Committer:
         except KafkaException as exc:
             self.metrics.commit_error.inc()
             self.errors.warning(log, "commit", "commit failed: %s", exc, event="kafka_error", error_key="commit")
+
+    @staticmethod
+    def _to_commit(state: PartitionState) -> TopicPartition | None:
+        """The partition's commit now: its floor, with the finished offsets beyond it as metadata.
+
+        None when neither moved since the last acknowledged commit.
+        """
+        offsets = state.offsets
+        floor = offsets.floor
+        if floor is None:
+            return None
+        metadata = encode_finished(floor, offsets.finished_ranges())
+        if offsets.committable() is None and metadata == offsets.committed_metadata:
+            return None
+        offsets.sent = (floor, metadata)
+        return TopicPartition(state.topic, state.partition, floor, metadata=metadata)
 
     def on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
         """Librdkafka's ``on_commit`` callback: the broker's answer to an asynchronous commit."""
@@ -110,6 +128,8 @@ class Committer:
             state = self.assignment.get(tp.topic, tp.partition)
             if state is not None:
                 state.offsets.mark_committed(tp.offset)
+                if state.offsets.sent[0] == tp.offset:
+                    state.offsets.committed_metadata = state.offsets.sent[1]
             ok = True
         if ok:
             self.stats.commits += 1

@@ -12,7 +12,10 @@ The committed offset never moves backwards. Not thread-safe: only the poll loop 
 
 from __future__ import annotations
 
+import base64
+import bisect
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -28,14 +31,38 @@ class PartitionOffsets:
 
     Args:
         committed: the group's committed offset at assignment (next offset to read), or None.
+        known_finished: offsets above ``committed`` an earlier owner finished (from the commit's
+            metadata, :func:`decode_finished`): they are not pushed again.
     """
 
-    def __init__(self, committed: int | None = None) -> None:
+    def __init__(self, committed: int | None = None, known_finished: Ranges | None = None) -> None:
         self._entries: deque[_Entry] = deque()
         self._by_offset: dict[int, _Entry] = {}
         self._floor: int | None = committed  # everything below is finished
         self.committed: int | None = committed  # last offset acknowledged by the broker
         self.last_tracked: int | None = None
+        self._known: Ranges = list(known_finished or [])
+        self.committed_metadata = ""
+        """The metadata of the last acknowledged commit."""
+        self.sent: tuple[int, str] = (-1, "")
+        """The offset and metadata of the last commit sent."""
+
+    def already_finished(self, offset: int) -> bool:
+        """Whether an earlier owner finished this offset (the commit metadata says so)."""
+        return bool(self._known) and in_ranges(self._known, offset)
+
+    def finished_ranges(self) -> Ranges:
+        """Offsets finished above the floor: tracked ones, and those known from the commit metadata."""
+        floor = self._floor if self._floor is not None else -1
+        done = to_ranges(e.offset for e in self._entries if e.done)
+        known = [(max(start, floor + 1), end) for start, end in self._known if end > floor + 1]
+        merged: Ranges = []
+        for start, end in sorted(done + known):
+            if merged and start <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+            else:
+                merged.append((start, end))
+        return merged
 
     def track(self, offset: int, timestamp_ms: int = 0) -> bool:
         """Register a fetched record as unfinished.
@@ -110,3 +137,112 @@ class PartitionOffsets:
             if not entry.done:
                 return entry.timestamp_ms
         return None
+
+
+# ------------------------------------------------------------------------------------------ commit metadata
+
+METADATA_PREFIX = "erpsync1:"
+"""Marks commit metadata written by this codec (format 1)."""
+MAX_METADATA_BYTES = 4000
+"""Longest metadata written: below the broker's ``offset.metadata.max.bytes`` default of 4,096."""
+
+Ranges = list[tuple[int, int]]
+"""Sorted, disjoint ``[start, end)`` ranges of offsets."""
+
+
+def to_ranges(offsets: Iterable[int]) -> Ranges:
+    """Sorted disjoint ``[start, end)`` ranges covering exactly ``offsets``."""
+    out: Ranges = []
+    for offset in sorted(set(offsets)):
+        if out and out[-1][1] == offset:
+            out[-1] = (out[-1][0], offset + 1)
+        else:
+            out.append((offset, offset + 1))
+    return out
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def encode_finished(committed: int, finished: Ranges, limit: int = MAX_METADATA_BYTES) -> str:
+    """Commit metadata naming the offsets finished beyond the committed one (as Parallel Consumer does).
+
+    Format: ``erpsync1:<committed>:<base64url>`` where the bytes are unsigned varints alternating the
+    length of a gap (offsets not finished) and of a run (finished), from ``committed + 1``. When that
+    would exceed ``limit`` bytes, the highest runs are left out: fewer offsets are remembered (more
+    records are pushed again after a restart), never a wrong one.
+
+    Args:
+        committed: the offset committed with it (the first unfinished record); it is never in ``finished``.
+        finished: finished offsets above ``committed``, as ranges (others are ignored).
+        limit: the most characters to write.
+
+    Returns:
+        The metadata; ``""`` when nothing beyond the committed offset is finished.
+    """
+    head = f"{METADATA_PREFIX}{committed}:"
+    chunks: list[bytes] = []
+    position = committed + 1
+    for start, end in finished:
+        start = max(start, position)
+        if end <= start:
+            continue
+        chunks.append(_varint(start - position) + _varint(end - start))
+        position = end
+    while chunks:
+        body = base64.urlsafe_b64encode(b"".join(chunks)).rstrip(b"=").decode()
+        if len(head) + len(body) <= limit:
+            return head + body
+        chunks = chunks[: max(0, len(chunks) - max(1, len(chunks) // 8))]
+    return ""
+
+
+def decode_finished(metadata: str | None, committed: int) -> Ranges:
+    """The finished offsets :func:`encode_finished` wrote, if it wrote them for this committed offset.
+
+    Metadata from anything else (another tool, an offset reset, another committed offset, garbage)
+    yields no range: nothing is skipped that was not proven finished.
+    """
+    if not metadata or not metadata.startswith(METADATA_PREFIX):
+        return []
+    base, _, body = metadata[len(METADATA_PREFIX):].partition(":")
+    if base != str(committed):
+        return []
+    try:
+        data = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    except (ValueError, TypeError):
+        return []
+    numbers: list[int] = []
+    value = shift = 0
+    for byte in data:
+        value |= (byte & 0x7F) << shift
+        if byte & 0x80:
+            shift += 7
+            if shift > 63:
+                return []
+            continue
+        numbers.append(value)
+        value = shift = 0
+    if shift or len(numbers) % 2:
+        return []
+    out: Ranges = []
+    position = committed + 1
+    for gap, run in zip(numbers[::2], numbers[1::2], strict=True):
+        if run == 0:
+            return []
+        start = position + gap
+        out.append((start, start + run))
+        position = start + run
+    return out
+
+
+def in_ranges(ranges: Ranges, offset: int) -> bool:
+    """Whether ``offset`` lies in one of the sorted ``ranges``."""
+    i = bisect.bisect_right(ranges, (offset, float("inf"))) - 1
+    return i >= 0 and ranges[i][0] <= offset < ranges[i][1]

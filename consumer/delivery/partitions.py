@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from .offsets import PartitionOffsets
+from .offsets import PartitionOffsets, Ranges
 
 TP = tuple[str, int]
 """A partition: ``(topic, partition)``."""
@@ -31,6 +31,7 @@ class PartitionState:
         topic: the topic.
         partition: the partition id.
         committed: the group's committed offset at assignment (next offset to read), or None.
+        known_finished: offsets above it an earlier owner finished (the commit's metadata).
 
     Attributes:
         offsets: which of its records are finished; what may be committed.
@@ -46,11 +47,12 @@ class PartitionState:
     __slots__ = ("topic", "partition", "tp", "offsets", "outstanding", "eof", "caught_up_at", "cancelled",
                  "released", "without_committed_offset")
 
-    def __init__(self, topic: str, partition: int, committed: int | None) -> None:
+    def __init__(self, topic: str, partition: int, committed: int | None,
+                 known_finished: Ranges | None = None) -> None:
         self.topic = topic
         self.partition = partition
         self.tp: TP = (topic, partition)
-        self.offsets = PartitionOffsets(committed)
+        self.offsets = PartitionOffsets(committed, known_finished)
         self.outstanding = 0
         self.eof = False
         self.caught_up_at: float | None = None
@@ -79,9 +81,13 @@ class Assignment:
     def __init__(self) -> None:
         self._owned: dict[TP, PartitionState] = {}
 
-    def assign(self, topic: str, partition: int, committed: int | None) -> PartitionState:
-        """Own a partition from its committed offset (a fresh state even if it was owned before)."""
-        state = PartitionState(topic, partition, committed)
+    def assign(self, topic: str, partition: int, committed: int | None,
+               known_finished: Ranges | None = None) -> PartitionState:
+        """Own a partition from its committed offset (a fresh state even if it was owned before).
+
+        ``known_finished``: offsets above it an earlier owner finished (from the commit's metadata).
+        """
+        state = PartitionState(topic, partition, committed, known_finished)
         self._owned[state.tp] = state
         return state
 

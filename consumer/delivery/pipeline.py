@@ -276,6 +276,9 @@ class Pipeline:
         self._last_activity = time.monotonic()
         self.health.broker_up = True
         record = Record(state, msg, offset)
+        if state.offsets.already_finished(offset):  # an earlier owner finished it (commit metadata)
+            self.settler.settle(record, Disposition.ALREADY_DONE)
+            return
         try:
             event = self.decoder.approved(msg.value())
             if event is None:  # valid, not APPROVED

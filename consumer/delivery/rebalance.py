@@ -29,6 +29,7 @@ from confluent_kafka import KafkaException, TopicPartition
 
 from ..metrics import Health, Metrics
 from .flow import Backpressure, WatermarkSource
+from .offsets import Ranges, decode_finished
 from .partitions import TP, Assignment
 
 log = logging.getLogger(__name__)
@@ -102,14 +103,16 @@ class Rebalancer:
         self.unassigned_since = None
         self.health.joined = True
         self.health.broker_up = True  # the group coordinator just answered
-        committed: dict[TP, int | None] = {}
+        committed: dict[TP, tuple[int, Ranges]] = {}
         try:
             for tp in consumer.committed(partitions, timeout=10):
-                committed[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else None
+                if tp.offset >= 0:
+                    committed[(tp.topic, tp.partition)] = (tp.offset, decode_finished(tp.metadata, tp.offset))
         except KafkaException as exc:
             log.warning("cannot read committed offsets at assignment: %s", exc)
         for tp in partitions:
-            self.assignment.assign(tp.topic, tp.partition, committed.get((tp.topic, tp.partition)))
+            offset, finished = committed.get((tp.topic, tp.partition), (None, []))
+            self.assignment.assign(tp.topic, tp.partition, offset, finished)
         self._changed()
         self.last_assigned = time.monotonic()
         log.info("assigned %s", _names(partitions), extra={"event": "assigned"})

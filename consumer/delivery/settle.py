@@ -6,6 +6,8 @@ disposition        when                                             offset
 ``ACCEPTED``       the ERP accepted the push                        finished
 ``DUPLICATE``      the ERP answered a code of the duplicate list    finished
 ``SKIPPED``        status not ``APPROVED`` (spec "推送条件")          finished
+``ALREADY_DONE``   an earlier owner finished it (the commit's       finished, not decoded
+                   metadata says so): after a rebalance or restart
 ``DEAD_LETTER``    undecodable, invalid, or rejected by the ERP     finished once the broker
                                                                     confirmed the dead letter
 ``RETRY``          the ERP kept answering *retry* and the push      unfinished: read again
@@ -45,6 +47,7 @@ class Disposition(enum.Enum):
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"
     SKIPPED = "skipped"
+    ALREADY_DONE = "already_done"
     DEAD_LETTER = "dead_letter"
     RETRY = "retry"
     ABANDONED = "abandoned"
@@ -91,6 +94,7 @@ class RunStats:
     dead_lettered: int = 0
     commits: int = 0
     given_up: int = 0
+    already_done: int = 0
     by_class: dict[str, int] = field(default_factory=dict)
 
 
@@ -143,6 +147,10 @@ class Settler:
         elif disposition is Disposition.SKIPPED:
             self.stats.skipped += 1
             self.metrics.skipped.inc()
+            part.finish(record.offset)
+        elif disposition is Disposition.ALREADY_DONE:
+            self.stats.already_done += 1
+            self.metrics.already_done.inc()
             part.finish(record.offset)
         elif disposition is Disposition.DEAD_LETTER:
             assert error is not None, "a dead letter needs its error"

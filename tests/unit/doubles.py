@@ -60,10 +60,11 @@ class FakeMessage:
 
 @dataclass
 class Commit:
-    """One commit call: the offsets and whether it was asynchronous."""
+    """One commit call: the offsets, whether it was asynchronous, and the metadata sent with each."""
 
     offsets: dict[TP, int]
     asynchronous: bool
+    metadata: dict[TP, str | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -72,6 +73,7 @@ class FakeCluster:
 
     logs: dict[TP, list[FakeMessage]] = field(default_factory=dict)
     committed: dict[TP, int] = field(default_factory=dict)
+    metadata: dict[TP, str | None] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def append(self, topic: str, partition: int, value: bytes | None, key: bytes | None = None) -> int:
@@ -191,16 +193,23 @@ class FakeConsumer:
                 for tp in partitions]
 
     def committed(self, partitions: list[TopicPartition], timeout: float = -1) -> list[TopicPartition]:
-        return [TopicPartition(tp.topic, tp.partition, self.cluster.committed.get((tp.topic, tp.partition),
-                                                                                  OFFSET_INVALID))
-                for tp in partitions]
+        out = []
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            meta = self.cluster.metadata.get(key)
+            offset = self.cluster.committed.get(key, OFFSET_INVALID)
+            out.append(TopicPartition(tp.topic, tp.partition, offset, metadata=meta) if meta is not None
+                       else TopicPartition(tp.topic, tp.partition, offset))
+        return out
 
     def commit(self, *, offsets: list[TopicPartition], asynchronous: bool = True) -> list[TopicPartition] | None:
         assert not self.closed, "commit after close"
         done = {(tp.topic, tp.partition): tp.offset for tp in offsets}
-        self.commits.append(Commit(done, asynchronous))
+        metadata = {(tp.topic, tp.partition): tp.metadata for tp in offsets}
+        self.commits.append(Commit(done, asynchronous, metadata))
         with self.cluster.lock:
             self.cluster.committed.update(done)
+            self.cluster.metadata.update(metadata)
         answer = [TopicPartition(tp.topic, tp.partition, tp.offset) for tp in offsets]
         if asynchronous:
             self._commit_answers.append(answer)

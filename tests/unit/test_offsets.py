@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.delivery.offsets import PartitionOffsets
+from consumer.delivery.offsets import (
+    MAX_METADATA_BYTES,
+    PartitionOffsets,
+    decode_finished,
+    encode_finished,
+    in_ranges,
+    to_ranges,
+)
 from consumer.delivery.partitions import Assignment
 
 
@@ -257,3 +264,45 @@ def test_random_completion_order(case: tuple[int | None, list[int], list[int], l
 @pytest.mark.parametrize("committed", [None, 0, 4])
 def test_committable_none_with_nothing_tracked(committed: int | None) -> None:
     assert PartitionOffsets(committed).committable() is None
+
+
+# --- finished offsets in the commit metadata ------------------------------------------------
+
+
+@given(committed=st.integers(0, 2**40), offsets=st.sets(st.integers(1, 5000), max_size=400))
+def test_finished_offsets_survive_the_commit_metadata(committed: int, offsets: set[int]) -> None:
+    finished = to_ranges(committed + o for o in offsets)
+    metadata = encode_finished(committed, finished)
+    assert len(metadata) <= MAX_METADATA_BYTES
+    assert decode_finished(metadata, committed) == finished
+    assert metadata == "" if not offsets else metadata.startswith(f"erpsync1:{committed}:")
+
+
+@given(offsets=st.sets(st.integers(1, 10**6), min_size=1, max_size=3000), limit=st.integers(20, 600))
+def test_metadata_beyond_the_limit_remembers_fewer_offsets_never_a_wrong_one(offsets: set[int], limit: int) -> None:
+    finished = to_ranges(offsets)
+    metadata = encode_finished(0, finished, limit=limit)
+    assert len(metadata) <= limit
+    kept = decode_finished(metadata, 0)
+    remembered = {o for start, end in kept for o in range(start, end)}
+    assert remembered <= offsets
+    if remembered:  # what is kept is a prefix: the lowest offsets
+        assert max(remembered) < min(offsets - remembered, default=max(remembered) + 1)
+
+
+@pytest.mark.parametrize("metadata", [
+    None, "", "something else", "erpsync1:41:BQM", "erpsync1:42:", "erpsync1:42:!!!", "erpsync1:42:gICAgICAgICAgAE",
+    "erpsync1:42:BQ", "erpsync1:42:BQA",
+])
+def test_metadata_from_elsewhere_or_for_another_offset_skips_nothing(metadata: str | None) -> None:
+    assert decode_finished(metadata, 42) == []
+
+
+def test_metadata_example_and_range_lookup() -> None:
+    finished = to_ranges([43, 44, 45, 50, 51, 60])
+    assert finished == [(43, 46), (50, 52), (60, 61)]
+    metadata = encode_finished(42, finished)
+    assert metadata == "erpsync1:42:AAMEAggB"  # gap 0 run 3, gap 4 run 2, gap 8 run 1
+    assert decode_finished(metadata, 42) == finished
+    assert [o for o in range(40, 62) if in_ranges(finished, o)] == [43, 44, 45, 50, 51, 60]
+    assert encode_finished(42, [(10, 42)]) == ""  # nothing above the committed offset

@@ -469,3 +469,32 @@ def test_a_dead_letter_the_topic_refuses_for_its_size_is_written_without_its_val
     assert loop.p.metrics.registry.get_sample_value("erp_sync_dead_letter_values_omitted_total") == 1
     assert [r.levelname for r in caplog.records if getattr(r, "event", None) == "dead_letter_value_omitted"] == [
         "ERROR"]
+
+
+def test_the_next_owner_skips_what_the_last_one_finished_beyond_its_commit(make: Callable[..., Loop]) -> None:
+    """Issue "faster than the Java peer": finished offsets in the commit's metadata; after a kill -9 or a
+    rebalance, only the records that were not finished are pushed again."""
+    first = make(ERP_SYNC_MAX_IN_FLIGHT="8", ERP_SYNC_SHUTDOWN_TIMEOUT_SECONDS="0.5")
+    for i in range(10):
+        first.cluster.append(TOPIC, 0, event(1300 + i), key=str(i).encode())
+    first.erp.delay_s = lambda iid: 60.0 if iid == 1302 else 0.0  # offset 2 hangs
+    first.consumer.assign([(TOPIC, 0)])
+    first.until(lambda: first.p.stats.pushed == 9, what="9 of 10 accepted")
+    first.until(lambda: first.cluster.metadata.get((TOPIC, 0)) not in (None, "", "erpsync1:2:AAE"),
+                what="a commit naming the finished offsets beyond 2")
+    assert first.cluster.committed[(TOPIC, 0)] == 2
+    assert first.cluster.metadata[(TOPIC, 0)] == "erpsync1:2:AAc"  # offsets 3..9 (gap 0, run 7)
+    first.consumer.lose()  # as good as a kill -9: nothing more is committed
+    first.p.step()
+    second = make()
+    second.cluster = first.cluster
+    second.consumers.clear()
+    second.p = Pipeline(second.p.settings, consumer_factory=second._consumer, producer=second.producer,
+                        erp_transport=second.erp.transport())
+    second.p.start()
+    second.consumer.assign([(TOPIC, 0)])
+    second.until(lambda: second.consumer.committed_offsets().get((TOPIC, 0)) == 10)
+    assert [r["instance_id"] for r in second.erp.received] == [1302], "only the unfinished record is pushed again"
+    assert (second.p.stats.pushed, second.p.stats.already_done) == (1, 7)
+    assert second.p.metrics.registry.get_sample_value(
+        "erp_sync_messages_total", {"topic": TOPIC, "outcome": "already_done"}) == 7
