@@ -116,7 +116,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                            choices=["PERIODIC_CONSUMER_ASYNCHRONOUS", "PERIODIC_CONSUMER_SYNC"],
                            help="the peer's commit mode (default: Parallel Consumer's default, asynchronous)")
     peer_opts.add_argument("--peer-java-opts", default="",
-                           help="JVM options of the peer, one string (default none: the JVM's defaults)")
+                           help="JVM options of the peer, one string: --peer-java-opts='-Xmx256m' "
+                                "(default none: the JVM's defaults)")
     peer_opts.add_argument("--stub-capacity", type=positive_int, default=None,
                            help="the ERP stub serves this many pushes at once, the rest queue (default: unlimited); "
                                 "prints the ERP-side latency p99 / base latency of every run")
