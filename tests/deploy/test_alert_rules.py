@@ -7,6 +7,7 @@ these tests fail, rather than skip, without it.
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import subprocess
 import sys
@@ -61,6 +62,13 @@ def _run(*args: str, cwd: Path = REPO_ROOT) -> tuple[int, str]:
 def _alert_rules() -> list[dict]:
     rules = yaml.safe_load(ALERTS.read_text(encoding="utf-8"))
     return [rule for group in rules["groups"] for rule in group["rules"] if "alert" in rule]
+
+
+def _duration_s(text: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    parts = re.findall(r"(\d+)([smhd])", text)
+    assert parts and "".join(n + u for n, u in parts) == text, f"unexpected duration {text!r}"
+    return sum(int(n) * units[u] for n, u in parts)
 
 
 def _load_generator() -> ModuleType:
@@ -156,6 +164,15 @@ def test_auth_failures_are_a_separate_critical_alert() -> None:
         # ...and the generic ERP alerts leave those codes to it.
         assert pattern in rules["ErpSyncErpRetrying"]["expr"]
         assert pattern in rules["ErpSyncErpRejecting"]["expr"]
+
+
+def test_a_single_auth_answer_cannot_page() -> None:
+    """Issue 13: ErpSyncErpAuthFailure paged critical on one answer. Its `for:` must outlast its window."""
+    auth = next(rule for rule in _alert_rules() if rule["alert"] == "ErpSyncErpAuthFailure")
+    durations = re.findall(r"\[(\w+)\]", auth["expr"]) + re.findall(r"offset (\w+)", auth["expr"])
+    windows = {_duration_s(d) for d in durations}
+    assert windows == {300}, windows
+    assert _duration_s(auth["for"]) > max(windows)
 
 
 # --------------------------------------------------------------- unit tests
