@@ -40,9 +40,23 @@ EXPECTED_ALERTS = frozenset(
         "ErpSyncDeadLettersPending",
         "ErpSyncNoSuccessfulPush",
         "ErpSyncConsumerDown",
+        # issue 13, "Alert and dashboard gaps" and defect 12
+        "ErpSyncBrokerUnreachable",
+        "ErpSyncNoPartitionsAssigned",
+        "ErpSyncCommitErrors",
+        "ErpSyncRebalanceStorm",
+        "ErpSyncPartitionStuck",
+        "ErpSyncOffsetsReset",
+        "ErpSyncDeadLetterValuesOmitted",
     }
 )
 SEVERITIES = frozenset({"critical", "warning", "info"})
+
+# Alerts on an event that already happened (a dead letter, a reset offset): they
+# fire at once and their expression's window keeps them firing. Every other
+# alert needs a `for:`, so that a start-up, a rebalance or one answer cannot page.
+EVENT_ALERTS = frozenset({"ErpSyncDeadLetters", "ErpSyncOffsetsReset", "ErpSyncDeadLetterValuesOmitted"})
+README = REPO_ROOT / "README.md"
 
 
 def _promtool() -> str:
@@ -62,6 +76,11 @@ def _run(*args: str, cwd: Path = REPO_ROOT) -> tuple[int, str]:
 def _alert_rules() -> list[dict]:
     rules = yaml.safe_load(ALERTS.read_text(encoding="utf-8"))
     return [rule for group in rules["groups"] for rule in group["rules"] if "alert" in rule]
+
+
+def _recording_rules() -> list[dict]:
+    rules = yaml.safe_load(ALERTS.read_text(encoding="utf-8"))
+    return [rule for group in rules["groups"] for rule in group["rules"] if "record" in rule]
 
 
 def _duration_s(text: str) -> int:
@@ -166,6 +185,22 @@ def test_auth_failures_are_a_separate_critical_alert() -> None:
         assert pattern in rules["ErpSyncErpRejecting"]["expr"]
 
 
+def test_every_alert_has_a_runbook_section() -> None:
+    """Each runbook_url points at a "#### Runbook: <AlertName>" heading of README.md."""
+    headings = set(re.findall(r"^#### Runbook: (\S+)\s*$", README.read_text(encoding="utf-8"), re.MULTILINE))
+    names = {rule["alert"] for rule in _alert_rules()}
+    assert names <= headings, f"README.md has no runbook for {sorted(names - headings)}"
+    assert headings <= names, f"README.md has runbooks for alerts that do not exist: {sorted(headings - names)}"
+
+
+@pytest.mark.parametrize("rule", _alert_rules(), ids=lambda r: r["alert"])
+def test_only_event_alerts_fire_without_for(rule: dict) -> None:
+    if rule["alert"] in EVENT_ALERTS:
+        assert "for" not in rule, "an event alert fires at once; its window keeps it firing"
+    else:
+        assert _duration_s(rule.get("for", "")) >= 120, "a condition alert needs a `for:` of 2m or more"
+
+
 def test_a_single_auth_answer_cannot_page() -> None:
     """Issue 13: ErpSyncErpAuthFailure paged critical on one answer. Its `for:` must outlast its window."""
     auth = next(rule for rule in _alert_rules() if rule["alert"] == "ErpSyncErpAuthFailure")
@@ -173,6 +208,16 @@ def test_a_single_auth_answer_cannot_page() -> None:
     windows = {_duration_s(d) for d in durations}
     assert windows == {300}, windows
     assert _duration_s(auth["for"]) > max(windows)
+
+
+def test_recorded_series_are_defined_and_named_by_convention() -> None:
+    """Alerts may use series recorded in alerts.yml (level:metric:operations), and only those."""
+    recorded = {rule["record"] for rule in _recording_rules()}
+    for name in recorded:
+        assert re.fullmatch(r"[a-z_]+:erp_sync_[a-z_]+:[a-z_]+", name), name
+    used = {name for rule in _alert_rules() for name in re.findall(r"\b[a-z_]+:[a-z_]+:[a-z_]+\b", rule["expr"])}
+    assert used <= recorded, f"alerts use series nothing records: {sorted(used - recorded)}"
+    assert recorded <= used, f"recorded but unused: {sorted(recorded - used)}"
 
 
 # --------------------------------------------------------------- unit tests
