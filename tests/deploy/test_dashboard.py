@@ -54,6 +54,11 @@ EXPORTED_METRICS = frozenset(
         "erp_sync_committed_offset",
         "erp_sync_partitions_without_committed_offset_total",
         "erp_sync_dead_letter_values_omitted_total",
+        # issue 11: routes and parked records
+        "erp_sync_route_circuit_open",
+        "erp_sync_parked_records",
+        "erp_sync_parked_oldest_age_seconds",
+        "erp_sync_retry_deadline_seconds",
         # prometheus-client defaults
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
