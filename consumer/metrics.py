@@ -89,6 +89,9 @@ class Metrics:
         self.backoff = Gauge("erp_sync_retry_backoff_seconds",
                              "Current shared retry backoff of a route's ERP in seconds (0 when it is healthy).",
                              ["route"], registry=r)
+        self.in_flight_limit = Gauge("erp_sync_in_flight_limit",
+                                     "A route's concurrency limit: fixed, or found from its ERP's answers (auto).",
+                                     ["route"], registry=r)
         self.circuit_open = Gauge("erp_sync_route_circuit_open",
                                   "1 while a route's ERP is not ready for anyone (its shared backoff is open).",
                                   ["route"], registry=r)

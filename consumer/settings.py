@@ -96,7 +96,9 @@ class Settings(BaseSettings):
     retry_backoff_max_seconds: float = Field(default=60.0, gt=0)
     retry_after_max_seconds: float = Field(default=900.0, gt=0)
 
-    max_in_flight: int = Field(default=32, ge=1, le=1024)
+    max_in_flight: int | Literal["auto"] = "auto"
+    """Pushes at once per route: ``auto`` finds what the ERP sustains (delivery/concurrency.py); a number fixes it."""
+    max_in_flight_ceiling: int = Field(default=256, ge=1, le=4096)
     max_buffered_records: int = Field(default=5000, ge=1)
     max_value_bytes: int = Field(default=1_048_576, ge=1)
     commit_interval_seconds: float = Field(default=1.0, gt=0)
@@ -129,6 +131,21 @@ class Settings(BaseSettings):
 
     _split_lists = field_validator("erp_retry_codes", "erp_duplicate_codes", "erp_retry_http_statuses",
                                    mode="before")(_split)
+
+    @field_validator("max_in_flight", mode="before")
+    @classmethod
+    def _in_flight(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            try:
+                number = int(value)
+            except ValueError:
+                raise ValueError(f"expected auto or a number of pushes from 1 to 1024, got {value!r}") from None
+            if not 1 <= number <= 1024:
+                raise ValueError(f"expected auto or a number of pushes from 1 to 1024, got {number}")
+            return number
+        return value
 
     @field_validator("topic", mode="before")
     @classmethod
@@ -191,6 +208,16 @@ class Settings(BaseSettings):
     def retry_http_statuses(self) -> frozenset[int]:
         """Extra HTTP statuses that mean retry (``ERP_SYNC_ERP_RETRY_HTTP_STATUSES``)."""
         return frozenset(int(v) for v in self.erp_retry_http_statuses)
+
+    @property
+    def adaptive_in_flight(self) -> bool:
+        """Whether each route finds its concurrency (``ERP_SYNC_MAX_IN_FLIGHT=auto``)."""
+        return self.max_in_flight == "auto"
+
+    @property
+    def in_flight_limit(self) -> int:
+        """The fixed concurrency, or the highest ``auto`` may reach (the connection pool's size)."""
+        return self.max_in_flight_ceiling if isinstance(self.max_in_flight, str) else self.max_in_flight
 
     @property
     def topics(self) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -43,10 +44,10 @@ class KeyedDispatcher(Generic[T]):
         self._handler = handler
         self._on_error = on_error
         self._max_in_flight = max_in_flight
-        self._queues: dict[Hashable, deque[tuple[T, asyncio.Semaphore | None]]] = {}
+        self._queues: dict[Hashable, deque[tuple[T, AbstractAsyncContextManager[Any] | None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.loop = asyncio.new_event_loop()
-        self._semaphore: asyncio.Semaphore | None = None
+        self._semaphore: AbstractAsyncContextManager[Any] | None = None
         self._thread = threading.Thread(target=self._run_loop, name="erp-push-loop", daemon=True)
         self._started = threading.Event()
         self.running = 0
@@ -66,14 +67,14 @@ class KeyedDispatcher(Generic[T]):
         """Run a coroutine on the loop thread and wait for its result (setup and teardown)."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
 
-    def submit(self, key: Hashable, task: T, limiter: asyncio.Semaphore | None = None) -> None:
+    def submit(self, key: Hashable, task: T, limiter: AbstractAsyncContextManager[Any] | None = None) -> None:
         """Queue ``task`` behind earlier tasks of ``key`` (thread-safe; returns at once).
 
         ``limiter``: the concurrency it runs under (None: the dispatcher's ``max_in_flight``).
         """
         self.loop.call_soon_threadsafe(self._enqueue, key, task, limiter)
 
-    def _enqueue(self, key: Hashable, task: T, limiter: asyncio.Semaphore | None) -> None:
+    def _enqueue(self, key: Hashable, task: T, limiter: AbstractAsyncContextManager[Any] | None) -> None:
         queue = self._queues.get(key)
         if queue is not None:
             queue.append((task, limiter))
@@ -83,7 +84,7 @@ class KeyedDispatcher(Generic[T]):
         self._tasks.add(chain)
         chain.add_done_callback(self._tasks.discard)
 
-    async def _run_chain(self, key: Hashable, task: T, limiter: asyncio.Semaphore | None) -> None:
+    async def _run_chain(self, key: Hashable, task: T, limiter: AbstractAsyncContextManager[Any] | None) -> None:
         assert self._semaphore is not None
         while True:
             async with limiter or self._semaphore:

@@ -2,12 +2,12 @@
 
 Route A failing never slows route B by a single request (issue "no head-of-line blocking"): each
 route has its own backoff (probing its own ERP), its own rate limit and its own concurrency limit
-(``max_in_flight`` slots that only its pushes hold, so B's pushes never wait behind A's waiting ones).
+(:mod:`.concurrency`: slots only its pushes hold, so B's pushes never wait behind A's waiting ones;
+fixed, or found from its ERP's answers with ``ERP_SYNC_MAX_IN_FLIGHT=auto``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Iterator
@@ -18,6 +18,7 @@ from ..erp.client import ErpClient
 from ..erp.verdict import code_matches
 from ..metrics import Metrics
 from ..routes import Route, RouteTable
+from .concurrency import INITIAL_LIMIT, ConcurrencyLimit
 from .push import Pusher, PushLog
 from .retry import RateLimiter, SharedBackoff
 
@@ -42,7 +43,7 @@ class Endpoint:
         self.name = route.name
         self.park_after_s = s.park_after_seconds
         self.retry_deadline_s = s.retry_deadline_seconds
-        self.erp = ErpClient(s, max_connections=s.max_in_flight, transport=transport)
+        self.erp = ErpClient(s, max_connections=s.in_flight_limit, transport=transport)
         circuit = metrics.circuit_open.labels(route.name)
         backoff_gauge = metrics.backoff.labels(route.name)
 
@@ -56,8 +57,10 @@ class Endpoint:
         circuit.set(0)
         metrics.retry_deadline.labels(route.name).set(s.retry_deadline_seconds)
         self.rate = RateLimiter(s.erp_max_requests_per_second) if s.erp_max_requests_per_second else None
-        self.limiter = asyncio.Semaphore(s.max_in_flight)
-        self.log = PushLog(metrics, log, route=route.name)
+        limit_gauge = metrics.in_flight_limit.labels(route.name)
+        self.limiter = ConcurrencyLimit(INITIAL_LIMIT if s.adaptive_in_flight else s.in_flight_limit,
+                                        s.adaptive_in_flight, s.in_flight_limit, on_change=limit_gauge.set)
+        self.log = PushLog(metrics, log, route=route.name, limiter=self.limiter)
         self.pusher = Pusher(self.erp, self.backoff, self.rate, self.log)
 
     @property

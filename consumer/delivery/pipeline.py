@@ -96,7 +96,7 @@ class Pipeline:
         self.parker = DeadLetterWriter(producer, settings.dead_letter_topic, omit_too_large=False,
                                        what="parked record")
         self.settler = Settler(self.metrics, self.dead_letters, self.stats, self.parker, self.parking)
-        self.in_flight = InFlight(settings.max_in_flight, self.endpoints, self.settler, stopping=self._stop.is_set,
+        self.in_flight = InFlight(settings.in_flight_limit, self.endpoints, self.settler, stopping=self._stop.is_set,
                                   parking=self.parking)
         self.committer = Committer(self.assignment, self.metrics, self.stats, settings.commit_interval_seconds,
                                    self._errors)

@@ -24,6 +24,7 @@ from ..erp.client import ErpClient
 from ..erp.verdict import Outcome, Verdict, speaks_for_endpoint
 from ..logs import Throttle
 from ..metrics import Metrics
+from .concurrency import ConcurrencyLimit
 from .retry import RateLimiter, SharedBackoff, record_delay
 
 PARK = "park"
@@ -222,17 +223,20 @@ class PushLog:
     """
 
     def __init__(self, metrics: Metrics, logger: logging.Logger, clock: Callable[[], float] = time.monotonic,
-                 route: str = "default") -> None:
+                 route: str = "default", limiter: ConcurrencyLimit | None = None) -> None:
         self.metrics = metrics
         self.log = logger
         self.route = route
+        self.limiter = limiter
         self.last_backoff_code = ""
         """The code of the answer that last opened or escalated the backoff."""
         self._throttle = Throttle(BACKOFF_LOG_EVERY_S, clock)
 
     def answered(self, verdict: Verdict, duration_s: float) -> None:
-        """Count the request."""
+        """Count the request; feed the route's adaptive concurrency."""
         self.metrics.erp_request(verdict.outcome.value, verdict.code, duration_s, self.route)
+        if self.limiter is not None:
+            self.limiter.answered(verdict, duration_s)
 
     def backing_off(self, verdict: Verdict, delay_s: float, failures: int, context: object) -> None:
         """Log that every push of the route backs off (throttled)."""

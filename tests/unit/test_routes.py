@@ -99,7 +99,7 @@ def test_the_erp_url_is_the_default_route_when_the_file_has_none(tmp_path: Path)
     ("routes: []\n", "routes: List should have at least 1 item"),
     ("routes:\n  - name: [unclosed\n", "not YAML"),
     ("routes:\n  - name: hr\n    match: {topics: [t]}\n    url: https://h.example/x\n    max_in_flight: 0\n",
-     "route 'hr': max_in_flight: Input should be greater than or equal to 1"),
+     "route 'hr': max_in_flight: expected auto or a number of pushes from 1 to 1024, got 0"),
 ])
 def test_a_bad_routes_file_is_refused_naming_file_route_and_field(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
