@@ -47,8 +47,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1  # not reached
 
 
+def _devstack_missing(command: str) -> bool:
+    """True, after saying so, when ``consumer.devstack`` is not installed (the production image leaves it out)."""
+    if importlib.util.find_spec("consumer.devstack") is not None:
+        return False
+    print(f"erp-sync {command}: not in this installation: the development stack (consumer/devstack: ERP stub, "
+          "sample producer) is left out of the production image; use the image's devstack target "
+          "(docker build --target devstack)", file=sys.stderr)
+    return True
+
+
 def cmd_erp_stub(args: argparse.Namespace) -> int:
     """``erp-sync erp-stub``: serve the local ERP until SIGTERM/SIGINT."""
+    if _devstack_missing("erp-stub"):
+        return 2
     from .devstack import erp_stub
 
     logs.setup("text" if sys.stderr.isatty() else "json", "INFO")
@@ -58,6 +70,8 @@ def cmd_erp_stub(args: argparse.Namespace) -> int:
 
 def cmd_produce_sample(args: argparse.Namespace) -> int:
     """``erp-sync produce-sample``: write sample events to the source topic."""
+    if _devstack_missing("produce-sample"):
+        return 2
     from .devstack import samples
 
     _settings()
