@@ -187,9 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         def stub() -> str:
             name = f"erp-sync-check-stub-{tag}"
+            started.append(name)  # before the run: a container created but not started is removed too
             podman("run", "-d", "--name", name, *LIMITS, "--network", "host", devstack,
                    "erp-stub", "--host", "127.0.0.1", "--port", str(stub_port))
-            started.append(name)
             wait_until(lambda: _answers(f"{stub_url}/_stub/health"), 30, "the ERP stub answers")
             return f"erp-sync erp-stub from the devstack image on {stub_url}"
 
@@ -210,8 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             cmd = ["run", "-d", "--name", name, *LIMITS, "--network", "host"]
             for k, v in env.items():
                 cmd += ["-e", f"{k}={v}"]
-            podman(*cmd, image)  # the image's own ENTRYPOINT/CMD: erp-sync run
             started.append(name)
+            podman(*cmd, image)  # the image's own ENTRYPOINT/CMD: erp-sync run
             wait_until(lambda: received(), 90, "the spec example reaches the stub")
             time.sleep(1)  # a second push of the same record would show now
             reqs = received()
