@@ -26,6 +26,7 @@ mkdir "$ctx/libs"
 cp -l "$libs"/*.jar "$ctx/libs/" 2>/dev/null || cp "$libs"/*.jar "$ctx/libs/"   # hard links when possible
 
 args=(--build-arg "BASE_IMAGE=$BASE" -t "$IMAGE")
+old="$("${CLI[@]}" image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)"
 log="$ctx.log"
 if ! "${CLI[@]}" build "${args[@]}" "$ctx" >"$log" 2>&1; then
   tail -n 40 "$log" >&2
@@ -34,4 +35,8 @@ if ! "${CLI[@]}" build "${args[@]}" "$ctx" >"$log" 2>&1; then
   exit 1
 fi
 rm -f "$log"
+new="$("${CLI[@]}" image inspect --format '{{.Id}}' "$IMAGE")"
+if [[ -n "$old" && "$old" != "$new" ]]; then
+  "${CLI[@]}" rmi "$old" >/dev/null 2>&1 || true   # the previous build, now untagged
+fi
 echo "$IMAGE"

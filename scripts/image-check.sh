@@ -62,6 +62,9 @@ build() {  # build TARGET TAG: build, and drop the image the tag named before if
 }
 
 t0=$SECONDS
+# the builder stage tagged too: its cached layers (apt, pip) stay reachable, and the layers of the
+# previous run's builder are dropped with the old tag instead of piling up untagged
+build builder "$IMAGE-builder"
 build production "$IMAGE"
 build devstack "$DEVSTACK"
 say "built $IMAGE and $DEVSTACK from $BASE in $((SECONDS - t0)) s"
