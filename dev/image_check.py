@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -259,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             podman("rm", "-f", "-t", "0", container, check=False)
         if broker is not None:
             broker.wipe()
+        shutil.rmtree(tmp, ignore_errors=True)
     return _finish(checks, image, devstack, args.base_image)
 
 

@@ -10,6 +10,7 @@ that way through podman); else a single-node KRaft broker from the Apache Kafka 
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ def broker() -> Iterator[Broker]:
         yield b
     finally:
         b.wipe()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
