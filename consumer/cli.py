@@ -80,6 +80,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0 if all(c.ok for c in checks) else 1
 
 
+def _devstack_missing(args: argparse.Namespace) -> int:
+    """``erp-stub`` / ``produce-sample`` where ``consumer.devstack`` is not installed: say why, exit 2."""
+    print(f"erp-sync {args.command}: not in this installation: the development stack (consumer/devstack: ERP "
+          "stub, sample producer) is left out of the production image; use the image's devstack target "
+          "(docker build --target devstack)", file=sys.stderr)
+    return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``erp-sync``."""
     parser = argparse.ArgumentParser(prog="erp-sync", description=__doc__.split("\n\n")[0],
@@ -94,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     if importlib.util.find_spec(DEVSTACK_COMMANDS) is not None:  # erp-stub, produce-sample
         importlib.import_module(DEVSTACK_COMMANDS).register(sub)
+    else:  # the production image leaves the development stack out: say so, not "invalid choice"
+        for command in ("erp-stub", "produce-sample"):
+            missing = sub.add_parser(command, help="(not in this installation: the development stack)")
+            missing.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            missing.set_defaults(func=_devstack_missing)
 
     topics = sub.add_parser("create-topics", help="create the source and dead-letter topics if missing")
     topics.add_argument("--partitions", type=int, default=6)
