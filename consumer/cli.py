@@ -100,12 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="exit 0 once caught up and no record arrived for SECONDS (after committing)")
     run.set_defaults(func=cmd_run)
 
-    if importlib.util.find_spec(DEVSTACK_COMMANDS) is not None:  # erp-stub, produce-sample
+    if importlib.util.find_spec(DEVSTACK_COMMANDS.rsplit(".", 1)[0]) is not None:  # erp-stub, produce-sample
         importlib.import_module(DEVSTACK_COMMANDS).register(sub)
     else:  # the production image leaves the development stack out: say so, not "invalid choice"
         for command in ("erp-stub", "produce-sample"):
-            missing = sub.add_parser(command, help="(not in this installation: the development stack)")
-            missing.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            missing = sub.add_parser(command, help="(not in this installation: the development stack)",
+                                     prefix_chars="\x00", add_help=False)  # its options are plain words here
+            missing.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
             missing.set_defaults(func=_devstack_missing)
 
     topics = sub.add_parser("create-topics", help="create the source and dead-letter topics if missing")

@@ -59,6 +59,8 @@ EXPORTED_METRICS = frozenset(
         "erp_sync_parked_records",
         "erp_sync_parked_oldest_age_seconds",
         "erp_sync_retry_deadline_seconds",
+        # issue 14: adaptive concurrency
+        "erp_sync_in_flight_limit",
         # prometheus-client defaults
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
