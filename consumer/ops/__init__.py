@@ -51,6 +51,14 @@ def guarded(name: str, func: Callable[[argparse.Namespace], int]) -> Callable[[a
     return run
 
 
+def add_push_options(parser: argparse.ArgumentParser) -> None:
+    """``--max-in-flight`` and ``--max-requests-per-second``: how a tool pushes (default: as ``run``)."""
+    parser.add_argument("--max-in-flight", type=int, metavar="N",
+                        help="pushes at once, one at a time per key (default: ERP_SYNC_MAX_IN_FLIGHT, 32)")
+    parser.add_argument("--max-requests-per-second", type=float, metavar="R",
+                        help="cap the ERP request rate (default: ERP_SYNC_ERP_MAX_REQUESTS_PER_SECOND; 0: no limit)")
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``status``, ``reset-offsets``, ``replay`` and ``dlq replay`` to ``erp-sync``'s subcommands.
 
@@ -87,6 +95,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="only this InstanceId (repeat for more)")
     replay.add_argument("--dry-run", action="store_true",
                         help="print what would be pushed (InstanceId, Idempotency-Key); send nothing")
+    add_push_options(replay)
     replay.set_defaults(func=guarded("replay", cmd_replay))
 
     dlq = subparsers.add_parser("dlq", help="dead-letter topic tools (dlq replay)",
@@ -99,5 +108,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     dlq_replay.add_argument("--class", dest="error_class", choices=("decode", "validation", "erp"),
                             help="only dead letters of this class (erp_sync.error.class)")
     dlq_replay.add_argument("--limit", type=int, metavar="N", help="replay at most N dead letters")
+    add_push_options(dlq_replay)
     dlq_replay.set_defaults(func=guarded("dlq replay", cmd_dlq_replay))
 
