@@ -526,10 +526,11 @@ def format_dlq_summary(summary: DlqSummary, dry_run: bool, limit: int | None,
     if summary.limited:
         lines.append(f"Stopped after --limit {limit}; the other dead letters wait for the next run.")
     if summary.interrupted:
-        lines.append("Interrupted: the dead letters above are done; the rest wait for the next run.")
+        lines.append("Interrupted: the dead letters accepted, skipped or written back above are done; the others "
+                     "wait for the next run.")
     if summary.error:
-        lines.append("Stopped early by an error (see stderr): the dead letters above are done; the rest wait for "
-                     "the next run.")
+        lines.append("Stopped early by an error (see stderr): the dead letters accepted, skipped or written back "
+                     "above are done; the others wait for the next run.")
     if summary.already_done:
         lines.append(f"Passed over: {plural(summary.already_done, 'dead letter')} an earlier run already replayed.")
     total = f"Total: {plural(len(summary.letters), 'dead letter')}"

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import signal
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from consumer.delivery.dead_letters import H_ATTEMPTS, H_CLASS, H_CODE, H_OFFSET
 from consumer.delivery.offsets import decode_finished
 from consumer.devstack.events import encode, spec_example_event
 from dev.harness import (
+    ERP_SYNC,
     Broker,
     committed,
     consumer_env,
@@ -699,3 +701,42 @@ def test_dlq_replay_concurrently_never_commits_past_a_letter_not_done(broker: Br
     assert len(read_all(broker, dlq)) == 40
 
 
+@pytest.mark.kafka
+def test_dlq_replay_interrupted_commits_only_the_letters_done(broker: Broker, erp: Any, tmp_path: Path) -> None:
+    t = setup(broker, erp, tmp_path, partitions=1)
+    dlq = create_topic(broker, t.topic + ".dlq", 1)
+    for i in range(24):
+        write_letter(broker, dlq, t.topic, i, "erp", value(2000 + i))
+    set_behaviour(erp, latency_ms=400)
+    log = open(tmp_path / "dlq-replay.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([ERP_SYNC, "dlq", "replay", "--max-in-flight", "4"], env=t.env, stdout=log,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while len(requests(erp)) < 6:
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "dlq-replay.log").read_text()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+    output = (tmp_path / "dlq-replay.log").read_text()
+    assert ("Interrupted: the dead letters accepted, skipped or written back above are done; the others wait for "
+            "the next run.") in output
+    assert "given up: interrupted before the ERP answered" in output
+    accepted = {p["instance_id"] - 2000 for p in requests(erp) if p["code"] == "OK"}
+    committed_offset, beyond = replay_position(broker, t.group + ".dlq-replay", dlq)
+    done = set(range(committed_offset)) | {o for start, end in beyond for o in range(start, end)}
+    assert done and done <= accepted  # never past a letter that is not done
+    assert len(done) < 24
+
+    set_behaviour(erp, latency_ms=0)
+    seen = len(requests(erp))
+    r = t.tool("dlq", "replay")
+    assert r.code == 0, r.err
+    again = {p["instance_id"] - 2000 for p in requests(erp)[seen:]}
+    assert again == set(range(24)) - done  # the rest, and only the rest
+    assert replay_position(broker, t.group + ".dlq-replay", dlq) == (24, [])
