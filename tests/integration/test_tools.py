@@ -251,6 +251,10 @@ def test_reset_offsets_dry_run_execute_partitions_shift_and_datetime(broker: Bro
                                    1: ("3", 0, "3 records will be re-read (approved ones pushed again)")}
     assert "Total: 8 records will be re-read, 0 skipped." in dry.out
     assert "Dry run: nothing was changed. Add --execute to apply." in dry.out
+    assert (f"Warning: records re-read that were dead-lettered before (undecodable, invalid, or rejected by the ERP) "
+            f"will be dead-lettered again: {t.topic}.dlq gets a second copy of each, and `erp-sync dlq replay` "
+            "handles each copy as a letter of its own.") in dry.out
+    assert "Warning" not in fresh.out  # nothing re-read: nothing dead-lettered again
     assert t.committed() == {0: 5, 1: 3}
 
     r = t.tool("reset-offsets", "--to-offset", "2", "--partitions", "0", "--execute")
@@ -304,8 +308,9 @@ def test_reset_offsets_dry_run_execute_partitions_shift_and_datetime(broker: Bro
 
 
 @pytest.mark.kafka
-def test_reset_offsets_refused_while_a_consumer_is_running(broker: Broker, erp: Any, tmp_path: Path) -> None:
-    t = setup(broker, erp, tmp_path, partitions=1)
+def test_reset_offsets_execute_refused_but_preview_shown_while_a_consumer_is_running(
+        broker: Broker, erp: Any, tmp_path: Path) -> None:
+    t = setup(broker, erp, tmp_path, partitions=1, dlq=True)
     produce_at(broker, t.topic, [(0, b"1", value(1), int(time.time() * 1000))])
     proc = start_consumer(t.env, tmp_path / "running.log")
     try:
@@ -323,13 +328,23 @@ def test_reset_offsets_refused_while_a_consumer_is_running(broker: Broker, erp: 
         assert "state Stable, 1 active member" in table
         assert table_rows(table, "MEMBER ID") == [[member["member_id"], member["client_id"], member["host"], "0"]]
 
-        for argv in (("--to-earliest", "--execute"), ("--to-earliest",)):
-            r = t.tool("reset-offsets", *argv)
-            assert r.code == 2, r
-            assert f"group {t.group} has 1 active member (state Stable)" in r.err
-            assert (f"member {member['member_id']} (client {member['client_id']}, host {member['host']}, "
-                    "partitions 0)") in r.err
-            assert r.out == ""
+        named = (f"member {member['member_id']} (client {member['client_id']}, host {member['host']}, "
+                 "partitions 0)")
+        r = t.tool("reset-offsets", "--to-earliest", "--execute")
+        assert r.code == 2, r
+        assert f"group {t.group} has 1 active member (state Stable)" in r.err and named in r.err
+        assert r.out == ""
+
+        r = t.tool("reset-offsets", "--to-earliest")  # the preview works while consumers run
+        assert r.code == 0, r.err
+        assert reset_rows(r.out) == {0: ("1", 0, "1 record will be re-read (approved ones pushed again)")}
+        assert "Dry run: nothing was changed. Add --execute to apply." in r.out
+        assert (f"Note: group {t.group} has 1 active member (state Stable): CURRENT is the committed offset now, "
+                "and it moves while they run. --execute is refused until every `erp-sync run` of the group is "
+                "stopped.") in r.out
+        assert named in r.out
+        assert f"will be dead-lettered again: {t.topic}.dlq gets a second copy of each ({t.topic}.dlq holds 0 " \
+            "letters now)" in r.out
         assert t.committed() == {0: 1}
     finally:
         proc.proc.send_signal(signal.SIGTERM)
