@@ -36,6 +36,7 @@ from dev.harness import (
     committed,
     consumer_env,
     create_topic,
+    free_port,
     header_map,
     high_watermarks,
     read_all,
@@ -220,6 +221,69 @@ def test_status_table_and_json_after_a_run_and_with_new_records(broker: Broker, 
     assert rows[1][:4] == ["1", "2", "5", "3"] and float(rows[1][4]) >= 0.3 and rows[1][5] == "-"
     assert rows[2][:2] == ["total", "3"]
     assert t.committed() == {0: 3, 1: 2}  # status reads only
+
+
+@pytest.mark.kafka
+def test_status_names_each_owner_shows_the_dlq_and_a_dead_member_until_its_session_times_out(
+        broker: Broker, erp: Any, tmp_path: Path) -> None:
+    t = setup(broker, erp, tmp_path, partitions=2, dlq=True)
+    dlq = t.topic + ".dlq"
+    now = int(time.time() * 1000)
+    produce_at(broker, t.topic, [(i % 2, str(i).encode(), value(i), now) for i in range(1, 5)])
+    for i in range(3):
+        write_letter(broker, dlq, t.topic, 100 + i, "erp", value(100 + i))
+    assert t.tool("dlq", "replay", "--limit", "1").code == 0
+    text = t.tool("status").out
+    assert "No active members." in text
+    assert (f"Dead-letter topic {dlq}: 3 letters, 3 written in the last hour, 3 in the last 24 h; 2 not replayed "
+            f"yet by `erp-sync dlq replay` (group {t.group}.dlq-replay)") in text
+    assert table_rows(text, "DLQ PARTITION") == [["0", "0", "3", "3", "3", "1", "2"]]
+
+    # two consumers on one host: same client id, same host, different member ids
+    first = start_consumer(t.env, tmp_path / "a.log")
+    second = start_consumer({**t.env, "ERP_SYNC_METRICS_PORT": str(free_port())}, tmp_path / "b.log")
+    try:
+        deadline = time.monotonic() + 40
+        while True:
+            doc = t.status()
+            if len(doc["members"]) == 2 and all(m["partitions"] for m in doc["members"]):
+                break
+            assert time.monotonic() < deadline, f"{doc}\n{first.log()[-2000:]}\n{second.log()[-2000:]}"
+            time.sleep(0.3)
+        members = {m["member_id"]: m for m in doc["members"]}
+        assert len({(m["client_id"], m["host"]) for m in members.values()}) == 1  # indistinguishable but for the id
+        owners = {p["partition"]: p["owner"] for p in doc["partitions"]}
+        assert set(owners.values()) == set(members)
+        assert doc["session_timeout_ms"] == 6000
+        assert doc["dead_letters"] == {
+            "topic": dlq, "replay_group": t.group + ".dlq-replay", "letters": 3, "last_hour": 3, "last_24h": 3,
+            "not_replayed": 2, "partitions": [{"partition": 0, "low": 0, "high": 3, "letters": 3, "last_hour": 3,
+                                               "last_24h": 3, "replay_position": 1, "not_replayed": 2}]}
+        text = t.tool("status").out
+        assert "state Stable, 2 active members" in text
+        rows = table_rows(text, "PARTITION")
+        assert {int(r[0]): r[5] for r in rows[:2]} == owners  # the OWNER column names the member
+        assert ("(Members as the group coordinator sees them: a consumer that died without leaving (kill -9, a lost "
+                "node) is still shown as active, and keeps its partitions, until its session times out: "
+                "session.timeout.ms 6000 here.)") in text
+
+        second.proc.kill()  # SIGKILL: it cannot leave the group
+        second.proc.wait(10)
+        killed = time.monotonic()
+        doc = t.status()
+        if time.monotonic() - killed < 5:  # within the session timeout: still a member
+            assert len(doc["members"]) == 2, doc
+        deadline = time.monotonic() + 40
+        while len(doc["members"]) != 1 or doc["members"][0]["partitions"] != [0, 1]:
+            assert time.monotonic() < deadline, doc
+            time.sleep(0.3)
+            doc = t.status()
+        assert time.monotonic() - killed >= 5.0  # gone only once its session timed out
+    finally:
+        for cp in (first, second):
+            if cp.proc.poll() is None:
+                cp.proc.send_signal(signal.SIGTERM)
+                cp.wait(30)
 
 
 # ------------------------------------------------------------------------------------------------ reset-offsets
