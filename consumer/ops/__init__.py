@@ -51,6 +51,10 @@ def guarded(name: str, func: Callable[[argparse.Namespace], int]) -> Callable[[a
     return run
 
 
+TOOL_EPILOG = ("Configuration: the ERP_SYNC_* variables of `erp-sync run` (README.md, \"Configuration\"; "
+               "`erp-sync check-config` prints them).")
+
+
 def add_push_options(parser: argparse.ArgumentParser) -> None:
     """``--max-in-flight`` and ``--max-requests-per-second``: how a tool pushes (default: as ``run``)."""
     parser.add_argument("--max-in-flight", type=int, metavar="N",
@@ -68,12 +72,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     raw = argparse.RawDescriptionHelpFormatter
 
     status = subparsers.add_parser("status", help="per-partition offsets, lag and lag seconds; group members",
-                                   description=STATUS_HELP, formatter_class=raw)
+                                   description=STATUS_HELP, formatter_class=raw, epilog=TOOL_EPILOG)
     status.add_argument("--json", action="store_true", help="print a JSON document instead of tables")
     status.set_defaults(func=guarded("status", cmd_status))
 
     reset = subparsers.add_parser("reset-offsets", help="move the group's committed offsets (topic replay)",
-                                  description=RESET_HELP, formatter_class=raw)
+                                  description=RESET_HELP, formatter_class=raw, epilog=TOOL_EPILOG)
     target = reset.add_mutually_exclusive_group(required=True)
     target.add_argument("--to-earliest", action="store_true", help="to the low watermark (re-read everything)")
     target.add_argument("--to-latest", action="store_true", help="to the high watermark (skip everything)")
@@ -87,7 +91,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     reset.set_defaults(func=guarded("reset-offsets", cmd_reset_offsets))
 
     replay = subparsers.add_parser("replay", help="re-push a time window without touching the group's offsets",
-                                   description=REPLAY_HELP, formatter_class=raw)
+                                   description=REPLAY_HELP, formatter_class=raw, epilog=TOOL_EPILOG)
     replay.add_argument("--from", dest="from_", required=True, metavar="ISO8601",
                         help="window start, included (Kafka record timestamp)")
     replay.add_argument("--to", required=True, metavar="ISO8601", help="window end, excluded")
@@ -102,7 +106,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                                 description="Tools for the dead-letter topic.")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="{replay}")
     dlq_replay = dlq_sub.add_parser("replay", help="re-push dead letters; failures go back to the DLQ",
-                                    description=DLQ_REPLAY_HELP, formatter_class=raw)
+                                    description=DLQ_REPLAY_HELP, formatter_class=raw,
+                                    epilog=TOOL_EPILOG)
     dlq_replay.add_argument("--dry-run", action="store_true",
                             help="print what would be pushed; push, write and commit nothing")
     dlq_replay.add_argument("--class", dest="error_class", choices=("decode", "validation", "erp"),
