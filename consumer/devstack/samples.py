@@ -437,7 +437,8 @@ def produce(settings: Settings, events: Iterable[Mapping[str, Any]], *, partitio
     from confluent_kafka import KafkaError, Message, Producer
 
     config = settings.producer_config()
-    producer = Producer(config)
+    # librdkafka's lines go through logging (its format, the throttle of repeated lines), never raw to stderr
+    producer = Producer({**config, "logger": logging.getLogger("librdkafka.producer")})
     errors: list[str] = []
 
     def on_delivery(err: KafkaError | None, _msg: Message) -> None:
