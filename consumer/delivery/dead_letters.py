@@ -40,7 +40,7 @@ from confluent_kafka import KafkaError, KafkaException, Message
 
 from ..errors import ErpRejectError, RecordError
 from ..kafka import error_text
-from ..logs import Throttle
+from ..logs import Throttle, plural
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ class DeadLetterWriter:
             if err is None:
                 self.pending -= 1
                 if letter.failures:
-                    log.info("dead letter written after %d failed attempts", letter.failures,
+                    log.info("dead letter written after %s", plural(letter.failures, "failed attempt"),
                              extra=_fields(letter, event="dead_letter_recovered"))
                 letter.on_done(letter)
                 if self.on_confirmed is not None:
@@ -252,8 +252,8 @@ class DeadLetterWriter:
         held = self._failure_log.allow(reason)
         if held is not None:  # one line per cause per period, not one per letter
             log.error("cannot write dead letter to %s (%s); source offset stays uncommitted; retry in %.0f s "
-                      "(%d dead letters pending, %d similar failures not logged)", self.topic, reason, delay,
-                      self.pending, held, extra=_fields(letter, event="dead_letter_failed"))
+                      "(%s pending, %s not logged)", self.topic, reason, delay, plural(self.pending, "dead letter"),
+                      plural(held, "similar failure"), extra=_fields(letter, event="dead_letter_failed"))
         heapq.heappush(self._retry_heap, (time.monotonic() + delay, next(self._seq), letter))
 
     def poll(self) -> None:

@@ -30,7 +30,7 @@ from .. import transform
 from ..decode import Decoder, avro_v1, registry_lookup
 from ..erp.client import ErpClient
 from ..errors import RecordError, ValidationError
-from ..logs import Throttle
+from ..logs import Throttle, plural
 from ..metrics import Health, Metrics
 from ..settings import Settings, redact_url
 from .commit import Committer
@@ -208,9 +208,10 @@ class Pipeline:
             resume = ", ".join(f"{s}@{s.offsets.floor}" for s in self.assignment if s.offsets.unfinished)
             running = self.in_flight.running
             queued = max(0, self.settler.outstanding - running)
-            log.warning("shutdown: %d records unfinished (%d pushes given up, %d in a request, %d queued, %d dead "
-                        "letters unconfirmed); the next owner reads them again from %s", unfinished,
-                        self.stats.given_up, running, queued, left, resume or "the committed offsets",
+            log.warning("shutdown: %s unfinished (%s given up, %d in a request, %d queued, %s unconfirmed); the "
+                        "next owner reads them again from %s", plural(unfinished, "record"),
+                        plural(self.stats.given_up, "push", "pushes"), running, queued, plural(left, "dead letter"),
+                        resume or "the committed offsets",
                         extra={"event": "shutdown_abandoned", "unfinished": unfinished,
                                "given_up": self.stats.given_up, "in_request": running, "queued": queued,
                                "dead_letters_pending": left})
@@ -221,9 +222,9 @@ class Pipeline:
         self.in_flight.close(self.erp)
         self.dead_letters.close(1.0)
         self.watermarks.close()
-        log.info("stopped: %d pushed, %d duplicates, %d skipped, %d dead-lettered, %d commits, %d unfinished",
-                 self.stats.pushed, self.stats.duplicates, self.stats.skipped, self.stats.dead_lettered,
-                 self.stats.commits, unfinished, extra={"event": "stopped"})
+        log.info("stopped: %d pushed, %s, %d skipped, %d dead-lettered, %s, %d unfinished",
+                 self.stats.pushed, plural(self.stats.duplicates, "duplicate"), self.stats.skipped,
+                 self.stats.dead_lettered, plural(self.stats.commits, "commit"), unfinished, extra={"event": "stopped"})
 
     # ------------------------------------------------------------------ what the rebalance handling calls
 

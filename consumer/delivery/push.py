@@ -22,7 +22,7 @@ from typing import Protocol
 
 from ..erp.client import ErpClient
 from ..erp.verdict import Outcome, Verdict, speaks_for_endpoint
-from ..logs import Throttle
+from ..logs import Throttle, plural
 from ..metrics import Metrics
 from .retry import RateLimiter, SharedBackoff, record_delay
 
@@ -190,6 +190,6 @@ class PushLog:
         held = self._throttle.allow("erp_recovered")
         if held is None:
             return
-        self.log.info("ERP answers again after %d failed attempts in a row (%.1f s): pushes resume",
-                      failures, failing_for_s,
+        self.log.info("ERP answers again after %s in a row (%.1f s): pushes resume",
+                      plural(failures, "failed attempt"), failing_for_s,
                       extra={"event": "erp_recovered", "failures": failures, **({"suppressed": held} if held else {})})

@@ -13,6 +13,9 @@ from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
 from ..errors import UsageError
+from ..logs import plural
+
+__all__ = ["Progress", "duration", "epoch_ms", "is_terminal", "parse_time", "plural", "table", "time_arg"]
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +151,6 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int])
         cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
         out.append("  ".join(cells).rstrip())
     return out
-
-
-def plural(count: int, noun: str) -> str:
-    """``1 record``, ``2 records``."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def parse_time(text: str, option: str) -> tuple[datetime, bool]:
