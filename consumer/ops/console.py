@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -54,6 +55,7 @@ class Progress:
         self._samples: deque[tuple[float, int]] = deque([(self.started, 0)])
         self._open = False
         self._closed = False
+        self._lock = threading.Lock()  # notes come from the push thread
 
     def advance(self, steps: int = 1, detail: str | None = None) -> None:
         """Count ``steps`` more and redraw when due."""
@@ -63,24 +65,27 @@ class Progress:
         now = self._clock()
         if now - self._last >= self.interval_s:
             self._last = now
-            self._draw()
+            with self._lock:
+                self._draw()
 
     def note(self, text: str) -> None:
-        """Print a line of text above the bar."""
-        if self._open:
-            self.stream.write("\r\033[K")
-            self._open = False
-        self.stream.write(text + "\n")
-        self.stream.flush()
+        """Print a line of text above the bar (from any thread)."""
+        with self._lock:
+            if self._open:
+                self.stream.write("\r\033[K")
+                self._open = False
+            self.stream.write(text + "\n")
+            self.stream.flush()
 
     def close(self) -> None:
         """Draw the final state (average rate and time taken) and end the line."""
-        self._closed = True
-        self._draw()
-        if self._open:
-            self.stream.write("\n")
-            self._open = False
-        self.stream.flush()
+        with self._lock:
+            self._closed = True
+            self._draw()
+            if self._open:
+                self.stream.write("\n")
+                self._open = False
+            self.stream.flush()
 
     def rate(self) -> float | None:
         """Steps per second over about the last :data:`RATE_WINDOW_S` seconds (the whole run once closed)."""
