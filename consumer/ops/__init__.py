@@ -1,15 +1,17 @@
 """Operations tools: ``status``, ``reset-offsets``, ``replay`` and ``dlq replay`` (issue 4).
 
 ``status``          per partition of the topic: the group's committed offset, the high watermark, the
-                    lag (messages) and lag seconds, the owner; the group's state and members
+                    lag (messages) and lag seconds, the owner (member id); the group's state and
+                    members; the dead-letter topic and what ``dlq replay`` has not done yet
 ``reset-offsets``   move the group's committed offsets (a dry run unless ``--execute``): the topic replay
 ``replay``          re-push a time window (or chosen instances) without touching the group's offsets
-``dlq replay``      re-push dead letters; those that fail again go back to the dead-letter topic
+``dlq replay``      re-push dead letters; those that fail for a new reason go back to the dead-letter
+                    topic, those that fail for the same reason stay in place
 
 No tool joins the consumer group. Records are read with ``assign()`` by a client whose group id is
 never committed to; only ``dlq replay`` commits, to its own group ``<group>.dlq-replay``, to remember
-which dead letters it already replayed. Every tool reads the same configuration as ``erp-sync run``
-(``ERP_SYNC_*`` variables, ``ERP_SYNC_CONFIG_FILE``).
+which dead letters are done. Both replays push as ``erp-sync run`` does (:mod:`.pushing`). Every tool
+reads the same configuration as ``erp-sync run`` (``ERP_SYNC_*`` variables, ``ERP_SYNC_CONFIG_FILE``).
 
 Exit codes: 0 success; 1 runtime failure (Kafka unreachable, a record that could not be delivered);
 2 usage or configuration error (bad option, unknown partition or topic, group still active).
@@ -105,7 +107,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     dlq = subparsers.add_parser("dlq", help="dead-letter topic tools (dlq replay)",
                                 description="Tools for the dead-letter topic.")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="{replay}")
-    dlq_replay = dlq_sub.add_parser("replay", help="re-push dead letters; failures go back to the DLQ",
+    dlq_replay = dlq_sub.add_parser("replay", help="re-push dead letters; new failures go back to the DLQ",
                                     description=DLQ_REPLAY_HELP, formatter_class=raw,
                                     epilog=TOOL_EPILOG)
     dlq_replay.add_argument("--dry-run", action="store_true",
