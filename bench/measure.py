@@ -231,7 +231,7 @@ def value_at(timeline: list[tuple[float, float]], when: float) -> float:
     return out
 
 
-_STOPPED = re.compile(r"stopped: (\d+) pushed, (\d+) duplicates, (\d+) skipped, (\d+) dead-lettered, (\d+) commits")
+_STOPPED = re.compile(r"stopped: (\d+) pushed, (\d+) duplicates?, (\d+) skipped, (\d+) dead-lettered, (\d+) commits?")
 
 
 def parse_log(path: Path) -> dict[str, Any]:

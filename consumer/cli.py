@@ -88,10 +88,22 @@ def _devstack_missing(args: argparse.Namespace) -> int:
     return 2
 
 
+CONFIGURATION_HELP = """\
+configuration:
+  Every command reads ERP_SYNC_* environment variables, or a dotenv-style file named by
+  ERP_SYNC_CONFIG_FILE (the environment wins): ERP_SYNC_KAFKA_BOOTSTRAP_SERVERS, ERP_SYNC_TOPIC,
+  ERP_SYNC_GROUP_ID, ERP_SYNC_ERP_URL, ERP_SYNC_DLQ_TOPIC, ERP_SYNC_MAX_IN_FLIGHT… and any librdkafka
+  property as ERP_SYNC_KAFKA_<PROPERTY>. Each variable, its default and its meaning: README.md,
+  section "Configuration". `erp-sync check-config` checks them and prints them (secrets redacted);
+  `erp-sync check-config --connect` also tries the broker, the schema registry and the ERP.
+
+exit codes: 0 success; 1 runtime failure; 2 bad configuration or usage."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``erp-sync``."""
     parser = argparse.ArgumentParser(prog="erp-sync", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=CONFIGURATION_HELP)
     parser.add_argument("--version", action="version", version=f"apaas-erp-sync {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -16,6 +16,12 @@ from typing import Any
 from pythonjsonlogger.json import JsonFormatter
 
 _DIGITS = re.compile(r"\d+")
+
+
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """``1 partition``, ``2 partitions`` (``many``: an irregular plural) for log lines and messages."""
+    return f"{count} {noun if count == 1 else (many or noun + 's')}"
+
 _TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
 

@@ -232,7 +232,7 @@ class Health:
             return False, "waiting for a partition assignment (joining the consumer group)"
         if self.assigned == 0:
             return True, "ok: member of the group, 0 partitions assigned (more consumers than partitions)"
-        return True, f"ok: {self.assigned} partitions assigned"
+        return True, f"ok: {self.assigned} partition{'' if self.assigned == 1 else 's'} assigned"
 
 
 def serve(host: str, port: int, health: Health, registry: CollectorRegistry | None = None

@@ -40,6 +40,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from . import errors
 from .errors import ConfigError
 from .settings import ENV_PREFIX, Settings
 
@@ -141,6 +142,19 @@ class RouteTable:
             if route.matches(topic, flow_code, headers):
                 return route
         return None
+
+    def require(self, topic: str, flow_code: int, headers: Mapping[str, bytes | None] | None = None) -> Route:
+        """The first route that matches.
+
+        Raises:
+            consumer.errors.ValidationError: ``NoRoute``: no route matches and there is no default route.
+        """
+        matched = self.route(topic, flow_code, headers)
+        if matched is None:
+            raise errors.ValidationError(
+                "NoRoute", f"no route matches it (topic {topic}, FlowCode {flow_code}) and there is no default route "
+                           "(ERP_SYNC_ROUTES_FILE)")
+        return matched
 
 
 def _where(path: Path, index: int, name: str | None) -> str:

@@ -40,7 +40,7 @@ from confluent_kafka import KafkaError, KafkaException, Message
 
 from ..errors import ErpRejectError, RecordError
 from ..kafka import error_text
-from ..logs import Throttle
+from ..logs import Throttle, plural
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +268,7 @@ class DeadLetterWriter:
             if err is None:
                 self.pending -= 1
                 if letter.failures:
-                    log.info("%s written after %d failed attempts", self.what, letter.failures,
+                    log.info("%s written after %s", self.what, plural(letter.failures, "failed attempt"),
                              extra=_fields(letter, event=self.what.replace(" ", "_") + "_recovered"))
                 letter.on_done(letter)
                 if self.on_confirmed is not None:
@@ -312,8 +312,8 @@ class DeadLetterWriter:
         held = self._failure_log.allow(reason)
         if held is not None:  # one line per cause per period, not one per letter
             log.error("cannot write %s to %s (%s); source offset stays uncommitted; retry in %.0f s "
-                      "(%d pending, %d similar failures not logged)", self.what, letter.target_topic or self.topic,
-                      reason, delay, self.pending, held,
+                      "(%s pending, %s not logged)", self.what, letter.target_topic or self.topic, reason, delay,
+                      plural(self.pending, self.what), plural(held, "similar failure"),
                       extra=_fields(letter, event=self.what.replace(" ", "_") + "_failed"))
         heapq.heappush(self._retry_heap, (time.monotonic() + delay, next(self._seq), letter))
 

@@ -23,7 +23,7 @@ from typing import Protocol
 
 from confluent_kafka import KafkaException, TopicPartition
 
-from ..logs import Throttle
+from ..logs import Throttle, plural
 from ..metrics import Health, Metrics
 from .partitions import TP, Assignment
 
@@ -137,8 +137,8 @@ class Backpressure:
             return
         self.paused = paused
         self.metrics.paused.set(len(assignment) if paused else 0)
-        log.info("%s %d partitions (%d records unfinished)", "paused" if paused else "resumed", len(assignment),
-                 self.assignment.unfinished, extra={"event": "paused" if paused else "resumed"})
+        log.info("%s %s (%s unfinished)", "paused" if paused else "resumed", plural(len(assignment), "partition"),
+                 plural(self.assignment.unfinished, "record"), extra={"event": "paused" if paused else "resumed"})
 
 
 class WatermarkSource(Protocol):

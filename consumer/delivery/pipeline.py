@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry
 from .. import transform
 from ..decode import Decoder, avro_v1, registry_lookup
 from ..errors import RecordError, ValidationError
-from ..logs import Throttle
+from ..logs import Throttle, plural
 from ..metrics import Health, Metrics
 from ..routes import load_routes
 from ..settings import Settings, redact_url
@@ -248,9 +248,10 @@ class Pipeline:
                                f"{s} (no committed offset)" for s in self.assignment if s.offsets.unfinished)
             running = self.in_flight.running
             queued = max(0, self.settler.outstanding - running)
-            log.warning("shutdown: %d records unfinished (%d pushes given up, %d in a request, %d queued, %d dead "
-                        "letters unconfirmed); the next owner reads them again from %s", unfinished,
-                        self.stats.given_up, running, queued, left, resume or "the committed offsets",
+            log.warning("shutdown: %s unfinished (%s given up, %d in a request, %d queued, %s unconfirmed); the "
+                        "next owner reads them again from %s", plural(unfinished, "record"),
+                        plural(self.stats.given_up, "push", "pushes"), running, queued, plural(left, "dead letter"),
+                        resume or "the committed offsets",
                         extra={"event": "shutdown_abandoned", "unfinished": unfinished,
                                "given_up": self.stats.given_up, "in_request": running, "queued": queued,
                                "dead_letters_pending": left})
@@ -261,9 +262,9 @@ class Pipeline:
         self.in_flight.close()
         self.dead_letters.close(1.0)
         self.watermarks.close()
-        log.info("stopped: %d pushed, %d duplicates, %d skipped, %d dead-lettered, %d commits, %d unfinished",
-                 self.stats.pushed, self.stats.duplicates, self.stats.skipped, self.stats.dead_lettered,
-                 self.stats.commits, unfinished, extra={"event": "stopped"})
+        log.info("stopped: %d pushed, %s, %d skipped, %d dead-lettered, %s, %d unfinished",
+                 self.stats.pushed, plural(self.stats.duplicates, "duplicate"), self.stats.skipped,
+                 self.stats.dead_lettered, plural(self.stats.commits, "commit"), unfinished, extra={"event": "stopped"})
 
     # ------------------------------------------------------------------ what the rebalance handling calls
 
@@ -361,10 +362,7 @@ class Pipeline:
                 return
         topic = source or record.partition.topic
         headers = dict(headers_of(msg)) if self.routes.needs_headers else None
-        matched = self.routes.route(topic, flow_code, headers)
-        if matched is None:
-            raise ValidationError("NoRoute", f"no route matches it (topic {topic}, FlowCode {flow_code}) and there "
-                                             "is no default route (ERP_SYNC_ROUTES_FILE)")
+        matched = self.routes.require(topic, flow_code, headers)
         record.endpoint = self.endpoints[matched.name]
 
     def _kafka_event(self, msg: Message, err: KafkaError) -> None:

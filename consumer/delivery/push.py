@@ -22,7 +22,7 @@ from typing import Protocol
 
 from ..erp.client import ErpClient
 from ..erp.verdict import Outcome, Verdict, speaks_for_endpoint
-from ..logs import Throttle
+from ..logs import Throttle, plural
 from ..metrics import Metrics
 from .concurrency import ConcurrencyLimit
 from .retry import RateLimiter, SharedBackoff, record_delay
@@ -262,7 +262,7 @@ class PushLog:
         held = self._throttle.allow("erp_recovered")
         if held is None:
             return
-        self.log.info("ERP of route %s answers again after %d failed attempts in a row (%.1f s): pushes resume",
-                      self.route, failures, failing_for_s,
+        self.log.info("ERP of route %s answers again after %s in a row (%.1f s): pushes resume",
+                      self.route, plural(failures, "failed attempt"), failing_for_s,
                       extra={"event": "erp_recovered", "route": self.route, "failures": failures,
                              **({"suppressed": held} if held else {})})

@@ -18,6 +18,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from .. import decode, transform
 from ..delivery.dead_letters import H_CLASS, H_CODE, H_MESSAGE, H_OFFSET, H_PARTITION
 from ..errors import RecordError
+from ..logs import plural
 from ..settings import Settings, load_settings
 from .erp_stub import format_summary
 
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         counts[key] = counts.get(key, 0) + 1
         print(f"  {msg.partition():>4} {msg.offset():>6}  {instance:<20} {status:<10} {outcome}")
     summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-    print(f"\n{len(source)} records: {summary}")
+    print(f"\n{plural(len(source), 'record')}: {summary}")
     print("committed offsets: " + ", ".join(f"partition {p}: {committed.get(p)}" for p in parts))
     print(f"spec example body arrived byte-exact: {'yes' if spec_ok else 'NO'}")
     return 0 if spec_ok and not unaccounted else 1

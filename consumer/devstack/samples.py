@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .. import decode as avro_events
 from ..decode import Event
 from ..errors import ValidationError
+from ..logs import plural
 from ..transform import erp_request, is_pushed
 from . import events as dev_events
 
@@ -437,7 +438,8 @@ def produce(settings: Settings, events: Iterable[Mapping[str, Any]], *, partitio
     from confluent_kafka import KafkaError, Message, Producer
 
     config = settings.producer_config()
-    producer = Producer(config)
+    # librdkafka's lines go through logging (its format, the throttle of repeated lines), never raw to stderr
+    producer = Producer({**config, "logger": logging.getLogger("librdkafka.producer")})
     errors: list[str] = []
 
     def on_delivery(err: KafkaError | None, _msg: Message) -> None:
@@ -460,15 +462,15 @@ def produce(settings: Settings, events: Iterable[Mapping[str, Any]], *, partitio
     remaining = producer.flush(flush_timeout_s)
     if errors:
         raise RuntimeError(
-            f"{len(errors)} of {written} events could not be written to {settings.topic} at "
+            f"{len(errors)} of {plural(written, 'event')} could not be written to {settings.topic} at "
             f"{settings.kafka_bootstrap_servers}; first error: {errors[0]}"
         )
     if remaining:
         raise RuntimeError(
-            f"{remaining} of {written} events were still undelivered to {settings.topic} at "
+            f"{remaining} of {plural(written, 'event')} still undelivered to {settings.topic} at "
             f"{settings.kafka_bootstrap_servers} after {flush_timeout_s:.0f} s"
         )
-    logger.info("wrote %d events to %s", written, settings.topic)
+    logger.info("wrote %s to %s", plural(written, "event"), settings.topic)
     return written
 
 
@@ -480,9 +482,6 @@ def summary_line(count: int, topic: str, outcomes: Mapping[str, int]) -> str:
         topic: the topic name.
         outcomes: counts by outcome, as from :func:`count_outcomes`.
     """
-    def plural(n: int, one: str, many: str) -> str:
-        return f"{n} {one if n == 1 else many}"
-
     return (
         f"{plural(count, 'event', 'events')} written to {topic}: {outcomes.get('pushed', 0)} to push, "
         f"{outcomes.get('skipped', 0)} to skip, "

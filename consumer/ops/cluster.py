@@ -29,8 +29,6 @@ from ..settings import Settings, load_settings, validate_kafka_config
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
-
 REQUEST_TIMEOUT_S = 15.0
 """Timeout of one metadata, offsets or group request to Kafka, seconds."""
 READ_STALL_TIMEOUT_S = 15.0
@@ -201,6 +199,25 @@ class Cluster:
                 raise ToolError(f"cannot read the committed offset of group {group!r} on "
                                 f"{topic}[{tp.partition}]: {tp.error.str()}")
             out[tp.partition] = tp.offset if tp.offset >= 0 else None
+        return out
+
+    def committed_with_metadata(self, group: str, topic: str,
+                                partitions: Sequence[int]) -> dict[int, tuple[int | None, str]]:
+        """The group's committed offsets and their metadata by partition (``(None, "")`` where it has none)."""
+        consumer = Consumer(reader_config(self.settings, "offsets", group_id=group))
+        try:
+            found = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=REQUEST_TIMEOUT_S)
+        except KafkaException as exc:
+            raise ToolError(f"cannot read the committed offsets of group {group!r} on {topic}: "
+                            f"{error_text(exc)}") from None
+        finally:
+            consumer.close()
+        out: dict[int, tuple[int | None, str]] = {p: (None, "") for p in partitions}
+        for tp in found:
+            if tp.error is not None:
+                raise ToolError(f"cannot read the committed offset of group {group!r} on {topic}[{tp.partition}]: "
+                                f"{tp.error.str()}")
+            out[tp.partition] = (tp.offset if tp.offset >= 0 else None, tp.metadata or "")
         return out
 
     def group(self, group: str, topic: str) -> GroupInfo:

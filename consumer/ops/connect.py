@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from ..erp.auth import tls_context
 from ..kafka import admin_client, error_text
+from ..logs import plural
 from ..settings import Settings, redact_url
 
 TIMEOUT_S = 10.0
@@ -42,12 +43,12 @@ def check_broker(settings: Settings, timeout_s: float = TIMEOUT_S) -> Check:
     except Exception as exc:  # noqa: BLE001 - KafkaException, timeouts: say it
         return Check(what, False, f"unreachable ({error_text(exc)})")
     missing = [t for t in (settings.topic, settings.dead_letter_topic) if t not in metadata.topics]
-    brokers = f"{len(metadata.brokers)} broker{'s' if len(metadata.brokers) != 1 else ''}"
+    brokers = plural(len(metadata.brokers), "broker")
     if missing:
         return Check(what, False, f"reachable ({brokers}), but topic {', '.join(missing)} does not exist "
                                   "(erp-sync create-topics creates it)")
     parts = len(metadata.topics[settings.topic].partitions)
-    return Check(what, True, f"reachable ({brokers}); {settings.topic}: {parts} partitions; "
+    return Check(what, True, f"reachable ({brokers}); {settings.topic}: {plural(parts, 'partition')}; "
                              f"{settings.dead_letter_topic} exists")
 
 
@@ -63,7 +64,7 @@ def check_registry(settings: Settings, timeout_s: float = TIMEOUT_S) -> Check | 
         subjects = client.get_subjects()
     except Exception as exc:  # noqa: BLE001 - transport and HTTP errors alike
         return Check(what, False, f"unreachable ({type(exc).__name__}: {exc})")
-    return Check(what, True, f"reachable ({len(subjects)} subjects)")
+    return Check(what, True, f"reachable ({plural(len(subjects), 'subject')})")
 
 
 def check_erp(settings: Settings, timeout_s: float = TIMEOUT_S) -> Check:

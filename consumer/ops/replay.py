@@ -1,11 +1,11 @@
-"""``erp-sync replay``: re-push a time window without touching the group's offsets; the tools' push."""
+"""``erp-sync replay``: re-push a time window without touching the group's offsets."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TextIO
 
+import httpx
 from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
@@ -21,90 +22,88 @@ from confluent_kafka import (
 
 from .. import decode as events
 from .. import transform
-from ..delivery.push import Pusher
-from ..delivery.retry import RateLimiter, SharedBackoff
-from ..erp.client import ErpClient
-from ..erp.verdict import Outcome, Verdict
+from ..delivery.push import PushResult
+from ..erp.verdict import Outcome
 from ..errors import RecordError, ToolError, UsageError
 from ..settings import Settings
 from .cluster import Cluster, reader_config, tool_settings
-from .console import Progress, time_arg
+from .console import Progress, plural, time_arg
+from .pushing import ToolPushes
 from .reading import Step, ToolRun, read_into_summary
 
 log = logging.getLogger(__name__)
 
-class _ProgressNotes:
-    """The tools' push observer: a note above the progress bar on every backoff."""
 
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-
-    def answered(self, verdict: Verdict, duration_s: float) -> None:
-        """Nothing: the summary counts the results."""
-
-    def backing_off(self, verdict: Verdict, delay_s: float, failures: int, context: object) -> None:
-        """Say that the ERP answered retry and when the next attempt goes."""
-        self.progress.note(f"ERP answered retry ({verdict.code}: {verdict.message or 'no message'}); "
-                           f"retrying in {delay_s:.1f} s")
-
-    def retrying(self, verdict: Verdict, delay_s: float, retries: int, context: object) -> None:
-        """The same note: this record waits before its next attempt."""
-        self.backing_off(verdict, delay_s, retries, context)
-
-    def recovered(self, failures: int, failing_for_s: float) -> None:
-        """Nothing: the next result says it."""
+TOOL_IN_FLIGHT = 32
+"""Pushes at once of a tool when ``ERP_SYNC_MAX_IN_FLIGHT`` is ``auto`` and no ``--max-in-flight`` is given."""
 
 
-class ToolPusher:
-    """The push of one tool run, one record at a time.
+@dataclass(frozen=True, slots=True)
+class PushOptions:
+    """How a tool pushes: as ``run`` does unless overridden on the command line.
 
-    It is the consumer's push routine (:class:`~consumer.delivery.push.Pusher`), with a backoff and a
-    rate limit of its own, on an event loop of its own.
-
-    Args:
-        settings: the ERP settings, backoff and rate limit.
+    Attributes:
+        max_in_flight: pushes at once (``--max-in-flight``, else ``ERP_SYNC_MAX_IN_FLIGHT``; when that
+            is ``auto``, :data:`TOOL_IN_FLIGHT`: a tool runs a bounded job beside ``run`` and does not probe
+            the ERP's capacity).
+        max_requests_per_second: the request-rate limit (``--max-requests-per-second``, else
+            ``ERP_SYNC_ERP_MAX_REQUESTS_PER_SECOND``); None for none.
+        transport: the ERP client's httpx transport (None: the real one; unit tests pass a mock).
     """
 
-    def __init__(self, settings: Settings) -> None:
-        self._runner = asyncio.Runner()
-        self._pusher = Pusher(ErpClient(settings, max_connections=1),
-                              SharedBackoff(settings.retry_backoff_initial_seconds, settings.retry_backoff_max_seconds,
-                                            settings.retry_after_max_seconds),
-                              RateLimiter(settings.erp_max_requests_per_second)
-                              if settings.erp_max_requests_per_second else None)
+    max_in_flight: int
+    max_requests_per_second: float | None
+    transport: httpx.AsyncBaseTransport | None = None
 
-    def push(self, body: bytes, key: str, progress: Progress) -> tuple[Verdict, int]:
-        """Push until the ERP accepts or rejects; retry answers back off (a note on the progress bar).
+    @classmethod
+    def of(cls, settings: Settings, args: argparse.Namespace | None = None) -> PushOptions:
+        """The options of a command line (``--max-in-flight``, ``--max-requests-per-second``) over the settings."""
+        in_flight = getattr(args, "max_in_flight", None)
+        rate = getattr(args, "max_requests_per_second", None)
+        if in_flight is not None and in_flight < 1:
+            raise UsageError(f"--max-in-flight {in_flight}: must be at least 1")
+        if rate is not None and rate < 0:
+            raise UsageError(f"--max-requests-per-second {rate}: must be positive (0: no limit)")
+        configured = settings.max_in_flight if isinstance(settings.max_in_flight, int) else TOOL_IN_FLIGHT
+        return cls(in_flight or configured,
+                   (rate or None) if rate is not None else settings.erp_max_requests_per_second)
 
-        Returns:
-            ``(final verdict, attempts)``; the verdict is accepted or reject, never retry.
-        """
-        self._pusher.observer = _ProgressNotes(progress)
-        result = self._runner.run(self._pusher.push(body, key, _never))
-        assert result.verdict is not None  # never cancelled: only accepted or reject end it
-        return result.verdict, result.attempts
-
-    def close(self) -> None:
-        """Close the connection pool and the event loop."""
-        try:
-            self._runner.run(self._pusher.erp.aclose())
-        finally:
-            self._runner.close()
-
-
-def _never() -> bool:
-    return False
+    def describe(self) -> str:
+        """``32 in flight, no rate limit`` / ``8 in flight, at most 50 requests/s``."""
+        limit = ("no rate limit" if self.max_requests_per_second is None
+                 else f"at most {self.max_requests_per_second:g} requests/s")
+        return f"{self.max_in_flight} in flight, {limit}"
 
 
 @contextmanager
-def open_pusher(settings: Settings, dry_run: bool) -> Iterator[ToolPusher | None]:
-    """The pusher of one tool run (None in a dry run), closed at the end."""
-    pusher = None if dry_run else ToolPusher(settings)
+def open_pushes(settings: Settings, progress: Progress, options: PushOptions,
+                dry_run: bool) -> Iterator[ToolPushes | None]:
+    """The pushes of one tool run (None in a dry run), closed at the end."""
+    if dry_run:
+        yield None
+        return
+    with ToolPushes(settings, progress, options.max_in_flight, options.max_requests_per_second,
+                    options.transport) as pushes:
+        yield pushes
+
+
+def finish_pushes(pushes: ToolPushes | None, summary: ToolRun) -> None:
+    """After the read: settle every push still running; after Ctrl-C, those waiting give up first."""
+    if pushes is None:
+        return
+    if summary.interrupted:
+        pushes.cancel()
     try:
-        yield pusher
-    finally:
-        if pusher is not None:
-            pusher.close()
+        pushes.finish()
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        pushes.cancel()
+        pushes.settle()
+
+
+def kafka_key(msg: Message, event: Mapping[str, Any]) -> bytes:
+    """The key of per-key order, as ``run`` has it: the record's Kafka key, or its InstanceId when it has none."""
+    return msg.key() or str(event["instance_id"]).encode()
 
 
 def instance_of(event: Mapping[str, Any] | None) -> str:
@@ -149,15 +148,24 @@ class ReplaySummary(ToolRun):
 
     counts: Counter[str] = field(default_factory=Counter)
     failed: list[Failure] = field(default_factory=list)
+    push_seconds: float = 0.0
+    peak_in_flight: int = 0
+
+    @property
+    def push_rate(self) -> float | None:
+        """ERP answers per second while pushing (None when nothing was pushed)."""
+        pushes = self.counts["pushed"] + self.counts["duplicates"] + self.counts["rejected"]
+        return pushes / self.push_seconds if pushes and self.push_seconds > 0 else None
 
 
 def replay_window(settings: Settings, start_ms: int, end_ms: int, instance_ids: set[int] | None,
-                  dry_run: bool, out: TextIO) -> ReplaySummary:
+                  dry_run: bool, out: TextIO, options: PushOptions | None = None) -> ReplaySummary:
     """Re-push the approved records of the topic whose timestamp is in ``[start_ms, end_ms)``.
 
     The start offset of each partition is the first record at or after ``start_ms`` and the end offset
     the first record at or after ``end_ms`` (``offsets_for_times``); records in that range whose
-    timestamp is outside the window (producers may set any CreateTime) are not pushed. Nothing is
+    timestamp is outside the window (producers may set any CreateTime) are not pushed. Records are
+    pushed as ``run`` pushes them (:mod:`.pushing`): concurrently, one at a time per key. Nothing is
     committed and nothing is written to the dead-letter topic.
 
     Args:
@@ -167,10 +175,12 @@ def replay_window(settings: Settings, start_ms: int, end_ms: int, instance_ids: 
         instance_ids: push only these InstanceIds; None for all.
         dry_run: print what would be pushed instead of pushing.
         out: where the dry run's lines go.
+        options: concurrency and rate limit (default: the settings').
 
     Returns:
         The counters and the failures.
     """
+    options = options or PushOptions.of(settings)
     topic = settings.topic
     with Cluster(settings) as cluster:
         parts = cluster.require_partitions(topic)
@@ -186,54 +196,68 @@ def replay_window(settings: Settings, start_ms: int, end_ms: int, instance_ids: 
     summary = ReplaySummary()
     progress = Progress("replay", sum(end - start for start, end in ranges.values()))
 
-    with open_pusher(settings, dry_run) as pusher:
+    def result_of(p: int, offset: int, instance: str) -> Any:
+        def done(result: PushResult) -> None:
+            verdict = result.verdict
+            if verdict is not None and verdict.outcome is Outcome.ACCEPTED:
+                summary.counts["duplicates" if verdict.duplicate else "pushed"] += 1
+            elif verdict is not None:
+                summary.counts["rejected"] += 1
+                summary.failed.append(Failure(p, offset, instance, "erp", verdict.code,
+                                              f"{verdict.message or verdict.code} (after "
+                                              f"{plural(result.attempts, 'attempt')}"
+                                              f"{', request ' + verdict.request_id if verdict.request_id else ''})"))
+            elif pushes is not None and pushes.cancelled:
+                summary.counts["given_up"] += 1
+            else:
+                summary.failed.append(Failure(p, offset, instance, "erp", "PushFailed",
+                                              "the push failed unexpectedly (see the log)"))
+            progress.advance(detail=_replay_detail(summary, dry_run))
+        return done
+
+    with open_pushes(settings, progress, options, dry_run) as pushes:
         def handle(msg: Message) -> Step:
             summary.counts["scanned"] += 1
             p, offset = int(msg.partition() or 0), int(msg.offset() or 0)
+            ts_type, ts = msg.timestamp()
+            if ts_type == TIMESTAMP_NOT_AVAILABLE or not start_ms <= ts < end_ms:
+                summary.counts["outside_window"] += 1
+                progress.advance(detail=_replay_detail(summary, dry_run))
+                return Step.NEXT
+            event: dict[str, Any] | None = None
             try:
-                ts_type, ts = msg.timestamp()
-                if ts_type == TIMESTAMP_NOT_AVAILABLE or not start_ms <= ts < end_ms:
-                    summary.counts["outside_window"] += 1
-                    return Step.NEXT
-                event: dict[str, Any] | None = None
-                try:
-                    event = events.decode(msg.value(), max_bytes=settings.max_value_bytes)
-                    if instance_ids is not None and event.get("instance_id") not in instance_ids:
-                        summary.counts["not_selected"] += 1
+                event = events.decode(msg.value(), max_bytes=settings.max_value_bytes)
+                if instance_ids is not None and event.get("instance_id") not in instance_ids:
+                    summary.counts["not_selected"] += 1
+                elif not transform.is_pushed(event):
+                    summary.counts["skipped"] += 1
+                else:
+                    body, idempotency_key = transform.erp_request(event)
+                    if pushes is not None:
+                        route = pushes.route_of(msg, event["flow_code"])
+                        pushes.submit(kafka_key(msg, event), body, idempotency_key,
+                                      result_of(p, offset, instance_of(event)), route)
                         return Step.NEXT
-                    if not transform.is_pushed(event):
-                        summary.counts["skipped"] += 1
-                        return Step.NEXT
-                    body, key = transform.erp_request(event)
-                except RecordError as exc:
-                    summary.failed.append(Failure(p, offset, instance_of(event), exc.error_class, exc.code,
-                                                  exc.message))
-                    return Step.NEXT
-                if pusher is None:
                     summary.counts["would_push"] += 1
                     print(f"would push: partition {p} offset {offset} instance {event['instance_id']} "
-                          f"Idempotency-Key {key}", file=out)
-                    return Step.NEXT
-                result, attempts = pusher.push(body, key, progress)
-                if result.outcome is Outcome.ACCEPTED:
-                    if result.duplicate:
-                        summary.counts["duplicates"] += 1
-                    else:
-                        summary.counts["pushed"] += 1
-                else:
-                    summary.failed.append(Failure(p, offset, str(event["instance_id"]), "erp", result.code,
-                                                  f"{result.message or result.code} (after {attempts} attempts"
-                                                  f"{', request ' + result.request_id if result.request_id else ''})"))
-                return Step.NEXT
-            finally:
-                progress.advance(detail=_replay_detail(summary, dry_run))
+                          f"Idempotency-Key {idempotency_key}", file=out)
+            except RecordError as exc:
+                summary.failed.append(Failure(p, offset, instance_of(event), exc.error_class, exc.code,
+                                              exc.message))
+            progress.advance(detail=_replay_detail(summary, dry_run))
+            return Step.NEXT
 
         consumer = Consumer(reader_config(settings, "replay"))
+        started = time.monotonic()
         try:
             read_into_summary(summary, consumer, topic, ranges, handle)
+            finish_pushes(pushes, summary)
         finally:
+            summary.push_seconds = time.monotonic() - started
+            summary.peak_in_flight = pushes.peak_running if pushes is not None else 0
             consumer.close()
             progress.close()
+    summary.failed.sort(key=lambda f: (f.partition, f.offset))
     return summary
 
 
@@ -265,6 +289,12 @@ def format_replay_summary(summary: ReplaySummary, topic: str, start: datetime, e
                      f"{f.error_class} {f.code}: {f.message}")
     if summary.failed:
         lines.append("  (failed records were NOT written to the dead-letter topic)")
+    if summary.counts["given_up"]:
+        lines.append(f"  given up (interrupted while waiting to be pushed): {summary.counts['given_up']}")
+    rate = summary.push_rate
+    if rate is not None:
+        lines.append(f"  rate: {rate:.1f} pushes/s over {summary.push_seconds:.1f} s "
+                     f"(up to {summary.peak_in_flight} in flight)")
     if summary.interrupted:
         lines.append("Interrupted: the records after those counted above were not replayed.")
     if summary.error:
@@ -282,7 +312,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise UsageError(f"--from ({start.isoformat()}) must be before --to ({end.isoformat()})")
     settings = tool_settings(needs_erp=not args.dry_run)
     instance_ids = set(args.instance_id) if args.instance_id else None
-    summary = replay_window(settings, start_ms, end_ms, instance_ids, args.dry_run, sys.stdout)
+    options = PushOptions.of(settings, args)
+    summary = replay_window(settings, start_ms, end_ms, instance_ids, args.dry_run, sys.stdout, options)
     print(format_replay_summary(summary, settings.topic, start, end, instance_ids, args.dry_run))
     if summary.interrupted:
         return 130
@@ -295,9 +326,12 @@ REPLAY_HELP = """\
 Re-push the approved records of ERP_SYNC_TOPIC whose Kafka timestamp is in [--from, --to) (for the day
 the ERP lost data), or only the chosen InstanceIds in that window. The group's committed offsets are
 not touched (a separate, group-less reader), so it can run while `erp-sync run` does. Each record is
-pushed with its usual Idempotency-Key until the ERP accepts or rejects it (retry answers back off).
+pushed with its usual Idempotency-Key until the ERP accepts or rejects it (retry answers back off),
+the way `erp-sync run` pushes: ERP_SYNC_MAX_IN_FLIGHT records at once (--max-in-flight), one at a
+time per Kafka key (the InstanceId when a record has no key), at most
+ERP_SYNC_ERP_MAX_REQUESTS_PER_SECOND requests/s (--max-requests-per-second; 0: no limit).
 Rejected, undecodable and invalid records are listed in the summary and are NOT written to the
-dead-letter topic. A progress bar goes to stderr, the summary to stdout.
+dead-letter topic. A progress bar (rate, time left) goes to stderr, the summary to stdout.
 
 Times are ISO 8601 (2024-05-01T08:00:00Z, 2024-05-01T10:00+02:00); without a time zone: UTC.
 Exit codes: 0 all delivered; 1 some records failed (listed) or Kafka failed; 2 bad options."""

@@ -127,13 +127,33 @@ def plan_reset(args: argparse.Namespace, settings: Settings, cluster: Cluster,
     return what, rows
 
 
+def _members_lines(info: GroupInfo) -> str:
+    return "\n".join(f"  {m.describe()}" for m in info.members)
+
+
 def _active_members_error(group: str, info: GroupInfo) -> UsageError:
     count = len(info.members)
-    names = "\n".join(f"  {m.describe()}" for m in info.members)
     return UsageError(
-        f"group {group} has {count} active member{'s' if count != 1 else ''} (state {info.state}); offsets "
-        f"can only be reset while the group is empty: stop every `erp-sync run` of the group first, then "
-        f"run this again.\n{names}")
+        f"group {group} has {plural(count, 'active member')} (state {info.state}); offsets can only be reset "
+        f"while the group is empty: stop every `erp-sync run` of the group first, then run this again (the "
+        f"dry run works at any time).\n{_members_lines(info)}")
+
+
+def active_members_note(group: str, info: GroupInfo) -> str:
+    """What a dry run says while the group has members: the plan moves, and ``--execute`` is refused."""
+    return (f"Note: group {group} has {plural(len(info.members), 'active member')} (state {info.state}): CURRENT is "
+            f"the committed offset now, and it moves while they run. --execute is refused until every "
+            f"`erp-sync run` of the group is stopped.\n{_members_lines(info)}")
+
+
+def dead_letter_warning(settings: Settings, rows: Sequence[ResetRow], dlq_letters: int | None) -> str | None:
+    """The warning of a reset that re-reads records: those dead-lettered before are dead-lettered again."""
+    if not any(r.reread for r in rows):
+        return None
+    held = "" if dlq_letters is None else f" ({settings.dead_letter_topic} holds {plural(dlq_letters, 'letter')} now)"
+    return (f"Warning: records re-read that were dead-lettered before (undecodable, invalid, or rejected by the ERP) "
+            f"will be dead-lettered again: {settings.dead_letter_topic} gets a second copy of each{held}, and "
+            "`erp-sync dlq replay` handles each copy as a letter of its own.")
 
 
 def format_reset(settings: Settings, what: str, rows: Sequence[ResetRow], execute: bool) -> str:
@@ -162,7 +182,10 @@ def format_reset(settings: Settings, what: str, rows: Sequence[ResetRow], execut
 
 
 def cmd_reset_offsets(args: argparse.Namespace) -> int:
-    """``erp-sync reset-offsets``: plan (and with ``--execute`` apply) new committed offsets."""
+    """``erp-sync reset-offsets``: plan (and with ``--execute`` apply) new committed offsets.
+
+    The plan (the dry run) works at any time; ``--execute`` requires the group to be empty.
+    """
     if args.to_offset is not None and args.to_offset < 0:
         raise UsageError(f"--to-offset {args.to_offset}: an offset is >= 0")
     settings = tool_settings()
@@ -170,10 +193,15 @@ def cmd_reset_offsets(args: argparse.Namespace) -> int:
     with Cluster(settings) as cluster:
         partitions = parse_partitions(args.partitions, cluster.require_partitions(topic), topic)
         info = cluster.group(group, topic)
-        if info.members:
+        if info.members and args.execute:
             raise _active_members_error(group, info)
         what, rows = plan_reset(args, settings, cluster, partitions)
         print(format_reset(settings, what, rows, args.execute))
+        warning = dead_letter_warning(settings, rows, _dlq_letters(cluster, settings))
+        if warning:
+            print(warning)
+        if info.members:
+            print(active_members_note(group, info))
         if not args.execute:
             return 0
         info = cluster.group(group, topic)  # a consumer may have started while we planned
@@ -197,12 +225,25 @@ def cmd_reset_offsets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dlq_letters(cluster: Cluster, settings: Settings) -> int | None:
+    """How many letters the dead-letter topic holds (None when it does not exist or cannot be read)."""
+    try:
+        parts = cluster.partitions(settings.dead_letter_topic, "ERP_SYNC_DLQ_TOPIC")
+        if not parts:
+            return None
+        return sum(high - low for low, high in cluster.watermarks(settings.dead_letter_topic, parts).values())
+    except ToolError:
+        return None
+
+
 RESET_HELP = """\
 Move the committed offsets of ERP_SYNC_GROUP_ID on ERP_SYNC_TOPIC: the topic replay. A dry run by
 default: it prints, per partition, current → new offset and how many records will be re-read (new
 below current; approved ones are pushed again, with the same Idempotency-Key) or skipped (new above
 current). New offsets are clamped to [low, high] watermarks. --execute applies them.
 
-Refused (exit 2) while the group has active members, named in the message: stop every
-`erp-sync run` of the group first (scale the Deployment to 0), reset, then start them again."""
+The dry run works at any time (while consumers run it says so: the current offsets move).
+--execute is refused (exit 2) while the group has active members, named in the message: stop every
+`erp-sync run` of the group first (scale the Deployment to 0), reset, then start them again.
+Records re-read that were dead-lettered before are dead-lettered again (a second copy in the DLQ)."""
 

@@ -1,4 +1,11 @@
-"""``erp-sync status``: per partition offsets, lag and owner; the group's members."""
+"""``erp-sync status``: per partition offsets, lag and owner; the group's members; the dead-letter topic.
+
+The owner of a partition is the member id the group coordinator gave the consumer (two consumers on
+one host share a client id and a host, never a member id). Members are as the coordinator sees them:
+a consumer that died without leaving stays a member until its session times out, and ``status``
+says so. The dead-letter topic is shown with its growth (letters written in the last hour and day)
+and what ``dlq replay`` has not replayed yet (its group's position and commit metadata).
+"""
 
 from __future__ import annotations
 
@@ -9,10 +16,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ..delivery.offsets import decode_finished
 from ..settings import Settings
 from .cluster import LAG_PROBE_TIMEOUT_S, Cluster, GroupInfo, resume_position, tool_settings
-from .console import epoch_ms, table
+from .console import epoch_ms, plural, table
+from .dlq_replay import DLQ_REPLAY_GROUP_SUFFIX
 from .reading import first_timestamps
+
+LIBRDKAFKA_SESSION_TIMEOUT_MS = 45_000
+"""librdkafka's default ``session.timeout.ms`` (when the configuration does not set it)."""
+HOUR_MS = 3_600_000
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +58,69 @@ class PartitionStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class DlqPartitionStatus:
+    """One partition of the dead-letter topic.
+
+    Attributes:
+        partition: the partition id.
+        low, high: its watermarks (letters stored: ``high - low``).
+        last_hour, last_day: letters written in the last hour and the last 24 hours.
+        replay_position: the ``dlq replay`` group's committed offset (the first letter not done), or None.
+        not_replayed: letters stored that ``dlq replay`` has not done yet.
+    """
+
+    partition: int
+    low: int
+    high: int
+    last_hour: int
+    last_day: int
+    replay_position: int | None
+    not_replayed: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The partition as JSON."""
+        return {"partition": self.partition, "low": self.low, "high": self.high, "letters": self.high - self.low,
+                "last_hour": self.last_hour, "last_24h": self.last_day, "replay_position": self.replay_position,
+                "not_replayed": self.not_replayed}
+
+
+@dataclass(frozen=True, slots=True)
+class DlqStatus:
+    """The dead-letter topic: its letters, its growth, and what ``dlq replay`` has not done yet."""
+
+    topic: str
+    replay_group: str
+    partitions: tuple[DlqPartitionStatus, ...]
+
+    def total(self, name: str) -> int:
+        """The sum of a count over the partitions (``letters``, ``last_hour``, ``last_24h``, ``not_replayed``)."""
+        return sum(int(p.to_json()[name]) for p in self.partitions)
+
+    def to_json(self) -> dict[str, Any]:
+        """The dead-letter topic as JSON."""
+        return {"topic": self.topic, "replay_group": self.replay_group,
+                **{name: self.total(name) for name in ("letters", "last_hour", "last_24h", "not_replayed")},
+                "partitions": [p.to_json() for p in self.partitions]}
+
+
+@dataclass(frozen=True, slots=True)
 class StatusReport:
-    """Everything ``status`` shows."""
+    """Everything ``status`` shows.
+
+    Attributes:
+        dead_letters: the dead-letter topic, None when it does not exist.
+        dlq_topic: its name (configured).
+        session_timeout_ms: how long a consumer that died stays a member.
+    """
 
     topic: str
     group: str
     group_info: GroupInfo
     partitions: tuple[PartitionStatus, ...]
     time: datetime
+    dead_letters: DlqStatus | None = None
+    dlq_topic: str = ""
+    session_timeout_ms: int = LIBRDKAFKA_SESSION_TIMEOUT_MS
 
     @property
     def total_lag(self) -> int:
@@ -73,6 +141,7 @@ class StatusReport:
             "time": self.time.isoformat(),
             "state": self.group_info.state,
             "members": [m.to_json() for m in self.group_info.members],
+            "session_timeout_ms": self.session_timeout_ms,
             "partitions": [
                 {"partition": p.partition, "committed": p.committed, "low": p.low, "high": p.high,
                  "lag": p.lag, "lag_seconds": p.lag_seconds, "owner": p.owner}
@@ -80,7 +149,41 @@ class StatusReport:
             ],
             "total_lag": self.total_lag,
             "max_lag_seconds": self.max_lag_seconds,
+            "dead_letters": self.dead_letters.to_json() if self.dead_letters is not None else None,
         }
+
+
+def session_timeout_ms(settings: Settings) -> int:
+    """The consumers' ``session.timeout.ms`` (``ERP_SYNC_KAFKA_CONSUMER_SESSION_TIMEOUT_MS``…)."""
+    try:
+        return int(settings.consumer_config().get("session.timeout.ms", LIBRDKAFKA_SESSION_TIMEOUT_MS))
+    except (TypeError, ValueError):
+        return LIBRDKAFKA_SESSION_TIMEOUT_MS
+
+
+def dlq_status(settings: Settings, cluster: Cluster, now_ms: int) -> DlqStatus | None:
+    """The dead-letter topic's letters, growth and replay position; None when it does not exist."""
+    topic = settings.dead_letter_topic
+    parts = cluster.partitions(topic, "ERP_SYNC_DLQ_TOPIC")
+    if parts is None:
+        return None
+    group = settings.group_id + DLQ_REPLAY_GROUP_SUFFIX
+    marks = cluster.watermarks(topic, parts)
+    hour = cluster.offsets_for_time(topic, parts, now_ms - HOUR_MS)
+    day = cluster.offsets_for_time(topic, parts, now_ms - 24 * HOUR_MS)
+    replay = cluster.committed_with_metadata(group, topic, parts)
+    rows = []
+    for p in parts:
+        low, high = marks[p]
+        position, metadata = replay[p]
+        start = low if position is None else min(high, max(low, position))
+        done = sum(max(0, min(end, high) - max(begin, start)) for begin, end in
+                   (decode_finished(metadata, position) if position is not None else []))
+        since_hour, since_day = hour[p], day[p]
+        rows.append(DlqPartitionStatus(p, low, high, 0 if since_hour is None else max(0, high - since_hour),
+                                       0 if since_day is None else max(0, high - since_day), position,
+                                       max(0, high - start - done)))
+    return DlqStatus(topic, group, tuple(rows))
 
 
 def status_report(settings: Settings) -> StatusReport:
@@ -91,15 +194,16 @@ def status_report(settings: Settings) -> StatusReport:
         ToolError: Kafka could not be queried.
     """
     topic, group = settings.topic, settings.group_id
+    now = datetime.now(UTC)
+    now_ms = epoch_ms(now)
     with Cluster(settings) as cluster:
         parts = cluster.require_partitions(topic)
         info = cluster.group(group, topic)
         marks = cluster.watermarks(topic, parts)
         committed = cluster.committed(group, topic, parts)
+        dead_letters = dlq_status(settings, cluster, now_ms)
     positions = {p: resume_position(committed[p], *marks[p], settings) for p in parts}
     stamps = first_timestamps(settings, topic, {p: (positions[p], marks[p][1]) for p in parts})
-    now = datetime.now(UTC)
-    now_ms = epoch_ms(now)
     owners = {p: m.member_id for m in info.members for p in m.partitions}
     rows = []
     for p in parts:
@@ -112,23 +216,23 @@ def status_report(settings: Settings) -> StatusReport:
             ts = stamps[p]
             lag_s = round(max(0, now_ms - ts) / 1000, 3) if ts is not None else None
         rows.append(PartitionStatus(p, committed[p], low, high, lag, lag_s, owners.get(p)))
-    return StatusReport(topic, group, info, tuple(rows), now)
+    return StatusReport(topic, group, info, tuple(rows), now, dead_letters, settings.dead_letter_topic,
+                        session_timeout_ms(settings))
 
 
 def format_status(report: StatusReport) -> str:
-    """Render a :class:`StatusReport` as aligned tables (partitions, then members)."""
+    """Render a :class:`StatusReport` as aligned tables (partitions, members, dead letters)."""
     info = report.group_info
-    count = len(info.members)
     state = info.state + (" (unknown to the broker: no member, no committed offset)" if info.state == "Dead" else "")
     lines = [f"Topic {report.topic}, group {report.group}: state {state}, "
-             f"{count} active member{'s' if count != 1 else ''}", ""]
-    clients = {m.member_id: f"{m.client_id} ({m.host})" for m in info.members}
+             f"{plural(len(info.members), 'active member')}", ""]
     rows = [[str(p.partition), "-" if p.committed is None else str(p.committed), str(p.high), str(p.lag),
-             "?" if p.lag_seconds is None else f"{p.lag_seconds:.1f}", clients.get(p.owner or "", "-")]
+             "?" if p.lag_seconds is None else f"{p.lag_seconds:.1f}", p.owner or "-"]
             for p in report.partitions]
     max_s = report.max_lag_seconds
     rows.append(["total", "", "", str(report.total_lag), "?" if max_s is None else f"{max_s:.1f}", ""])
-    lines += table(["PARTITION", "COMMITTED", "HIGH", "LAG", "LAG SECONDS", "OWNER"], rows, right={0, 1, 2, 3, 4})
+    lines += table(["PARTITION", "COMMITTED", "HIGH", "LAG", "LAG SECONDS", "OWNER (MEMBER ID)"], rows,
+                   right={0, 1, 2, 3, 4})
     if any(p.committed is None for p in report.partitions):
         lines.append("(COMMITTED -: the group has no committed offset there; lag counts from where it would "
                      "start)")
@@ -140,9 +244,31 @@ def format_status(report: StatusReport) -> str:
         lines += table(["MEMBER ID", "CLIENT ID", "HOST", "PARTITIONS"],
                         [[m.member_id, m.client_id, m.host, ",".join(map(str, m.partitions)) or "-"]
                          for m in info.members], right=set())
+        lines.append(f"(Members as the group coordinator sees them: a consumer that died without leaving (kill -9, a "
+                     f"lost node) is still shown as active, and keeps its partitions, until its session times out: "
+                     f"session.timeout.ms {report.session_timeout_ms} here.)")
     else:
         lines.append("No active members.")
+    lines.append("")
+    lines += format_dead_letters(report)
     return "\n".join(lines)
+
+
+def format_dead_letters(report: StatusReport) -> list[str]:
+    """The dead-letter topic's lines of ``status``."""
+    dlq = report.dead_letters
+    if dlq is None:
+        return [f"Dead-letter topic {report.dlq_topic}: does not exist (nothing was ever dead-lettered, or "
+                "ERP_SYNC_DLQ_TOPIC names another topic)."]
+    lines = [f"Dead-letter topic {dlq.topic}: {plural(dlq.total('letters'), 'letter')}, "
+             f"{dlq.total('last_hour')} written in the last hour, {dlq.total('last_24h')} in the last 24 h; "
+             f"{dlq.total('not_replayed')} not replayed yet by `erp-sync dlq replay` (group {dlq.replay_group})", ""]
+    rows = [[str(p.partition), str(p.low), str(p.high), str(p.last_hour), str(p.last_day),
+             "-" if p.replay_position is None else str(p.replay_position), str(p.not_replayed)]
+            for p in dlq.partitions]
+    lines += table(["DLQ PARTITION", "LOW", "HIGH", "LAST HOUR", "LAST 24 H", "REPLAY POSITION", "NOT REPLAYED"],
+                   rows, right=set(range(7)))
+    return lines
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -158,6 +284,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 STATUS_HELP = """\
 Per partition of ERP_SYNC_TOPIC, for the group ERP_SYNC_GROUP_ID: the committed offset, the high
 watermark, the lag (messages) and the lag in seconds (age of the record at the committed offset; 0
-when caught up), and who owns the partition; then the group's state and active members (member id,
-client id, host, partitions). Reads only: it never joins the group."""
+when caught up), and the member that owns the partition (its member id: consumers on one host share
+a client id); then the group's state and active members (member id, client id, host, partitions).
+A consumer that died without leaving is still listed until its session times out
+(session.timeout.ms). Then the dead-letter topic: letters stored, written in the last hour and 24 h,
+and not replayed yet by `erp-sync dlq replay` (its group's position). Reads only: it never joins
+the group."""
 

@@ -26,6 +26,7 @@ from confluent_kafka.admin import (
 
 from ..errors import ToolError
 from ..kafka import admin_client, error_text
+from ..logs import plural
 from .cluster import REQUEST_TIMEOUT_S, tool_settings
 
 HEADERS_ALLOWANCE = 65_536
@@ -75,7 +76,7 @@ def cmd_create_topics(args: argparse.Namespace) -> int:
             wanted.append(NewTopic(retry, partitions, args.replication_factor, config=sized))
     for topic in wanted:
         if topic.topic in existing:
-            print(f"{topic.topic}: exists ({len(existing[topic.topic].partitions)} partitions)")
+            print(f"{topic.topic}: exists ({plural(len(existing[topic.topic].partitions), 'partition')})")
     missing = [t for t in wanted if t.topic not in existing]
     if missing:
         for name, future in admin.create_topics(missing, request_timeout=30).items():

@@ -59,7 +59,7 @@ def test_create_topics_sizes_the_dead_letter_topic_above_the_source(broker: Brok
     done = erp_sync(env, "create-topics", "--partitions", "1")
     assert done.returncode == 0, done.stderr
     dlq = source + ".dlq"
-    assert done.stdout.splitlines() == [f"{source}: exists (1 partitions)",
+    assert done.stdout.splitlines() == [f"{source}: exists (1 partition)",
                                         f"{dlq}: created, max.message.bytes {3 * MIB + 65_536}",
                                         f"{source}.retry: created, max.message.bytes {3 * MIB + 65_536}"]
     assert topic_config(broker, source + ".retry", "max.message.bytes") == str(3 * MIB + 65_536)
@@ -113,7 +113,7 @@ def test_check_config_connect_says_what_does_not_answer(broker: Broker, erp: Erp
     assert ok.returncode == 0, ok.stderr
     lines = [line for line in ok.stderr.splitlines() if line.startswith(("ok ", "FAILED "))]
     assert len(lines) == 2, ok.stderr
-    assert lines[0].startswith(f"ok      Kafka {broker.bootstrap}: reachable (1 broker); {topic}: 1 partitions")
+    assert lines[0].startswith(f"ok      Kafka {broker.bootstrap}: reachable (1 broker); {topic}: 1 partition;")
     assert lines[1] == f"ok      ERP {erp.url}: reachable (TCP 127.0.0.1:{erp.port}; plain http)"
 
     dead = free_port()

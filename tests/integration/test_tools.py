@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import signal
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -23,16 +24,19 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from consumer import cli, transform
 from consumer.delivery.dead_letters import H_ATTEMPTS, H_CLASS, H_CODE, H_OFFSET, H_PARTITION, H_TOPIC
+from consumer.delivery.offsets import decode_finished
 from consumer.devstack.events import encode, spec_example_event
 from dev.harness import (
+    ERP_SYNC,
     Broker,
     committed,
     consumer_env,
     create_topic,
+    free_port,
     header_map,
     high_watermarks,
     read_all,
@@ -143,7 +147,8 @@ def table_rows(text: str, first: str) -> list[list[str]]:
     start = next(i for i, line in enumerate(lines) if line.startswith(first))
     rows = []
     for line in lines[start + 1:]:
-        if not line.strip() or line.startswith(("Total:", "Held:", "Stopped", "Interrupted", "(")):
+        if not line.strip() or line.startswith(("Total:", "Not selected", "Passed over", "Stopped", "Interrupted",
+                                                "(")):
             break
         rows.append(re.split(r"\s{2,}", line.strip()))
     return rows
@@ -218,6 +223,69 @@ def test_status_table_and_json_after_a_run_and_with_new_records(broker: Broker, 
     assert t.committed() == {0: 3, 1: 2}  # status reads only
 
 
+@pytest.mark.kafka
+def test_status_names_each_owner_shows_the_dlq_and_a_dead_member_until_its_session_times_out(
+        broker: Broker, erp: Any, tmp_path: Path) -> None:
+    t = setup(broker, erp, tmp_path, partitions=2, dlq=True)
+    dlq = t.topic + ".dlq"
+    now = int(time.time() * 1000)
+    produce_at(broker, t.topic, [(i % 2, str(i).encode(), value(i), now) for i in range(1, 5)])
+    for i in range(3):
+        write_letter(broker, dlq, t.topic, 100 + i, "erp", value(100 + i))
+    assert t.tool("dlq", "replay", "--limit", "1").code == 0
+    text = t.tool("status").out
+    assert "No active members." in text
+    assert (f"Dead-letter topic {dlq}: 3 letters, 3 written in the last hour, 3 in the last 24 h; 2 not replayed "
+            f"yet by `erp-sync dlq replay` (group {t.group}.dlq-replay)") in text
+    assert table_rows(text, "DLQ PARTITION") == [["0", "0", "3", "3", "3", "1", "2"]]
+
+    # two consumers on one host: same client id, same host, different member ids
+    first = start_consumer(t.env, tmp_path / "a.log")
+    second = start_consumer({**t.env, "ERP_SYNC_METRICS_PORT": str(free_port())}, tmp_path / "b.log")
+    try:
+        deadline = time.monotonic() + 40
+        while True:
+            doc = t.status()
+            if len(doc["members"]) == 2 and all(m["partitions"] for m in doc["members"]):
+                break
+            assert time.monotonic() < deadline, f"{doc}\n{first.log()[-2000:]}\n{second.log()[-2000:]}"
+            time.sleep(0.3)
+        members = {m["member_id"]: m for m in doc["members"]}
+        assert len({(m["client_id"], m["host"]) for m in members.values()}) == 1  # indistinguishable but for the id
+        owners = {p["partition"]: p["owner"] for p in doc["partitions"]}
+        assert set(owners.values()) == set(members)
+        assert doc["session_timeout_ms"] == 6000
+        assert doc["dead_letters"] == {
+            "topic": dlq, "replay_group": t.group + ".dlq-replay", "letters": 3, "last_hour": 3, "last_24h": 3,
+            "not_replayed": 2, "partitions": [{"partition": 0, "low": 0, "high": 3, "letters": 3, "last_hour": 3,
+                                               "last_24h": 3, "replay_position": 1, "not_replayed": 2}]}
+        text = t.tool("status").out
+        assert "state Stable, 2 active members" in text
+        rows = table_rows(text, "PARTITION")
+        assert {int(r[0]): r[5] for r in rows[:2]} == owners  # the OWNER column names the member
+        assert ("(Members as the group coordinator sees them: a consumer that died without leaving (kill -9, a lost "
+                "node) is still shown as active, and keeps its partitions, until its session times out: "
+                "session.timeout.ms 6000 here.)") in text
+
+        second.proc.kill()  # SIGKILL: it cannot leave the group
+        second.proc.wait(10)
+        killed = time.monotonic()
+        doc = t.status()
+        if time.monotonic() - killed < 5:  # within the session timeout: still a member
+            assert len(doc["members"]) == 2, doc
+        deadline = time.monotonic() + 40
+        while len(doc["members"]) != 1 or doc["members"][0]["partitions"] != [0, 1]:
+            assert time.monotonic() < deadline, doc
+            time.sleep(0.3)
+            doc = t.status()
+        assert time.monotonic() - killed >= 5.0  # gone only once its session timed out
+    finally:
+        for cp in (first, second):
+            if cp.proc.poll() is None:
+                cp.proc.send_signal(signal.SIGTERM)
+                cp.wait(30)
+
+
 # ------------------------------------------------------------------------------------------------ reset-offsets
 
 
@@ -247,6 +315,10 @@ def test_reset_offsets_dry_run_execute_partitions_shift_and_datetime(broker: Bro
                                    1: ("3", 0, "3 records will be re-read (approved ones pushed again)")}
     assert "Total: 8 records will be re-read, 0 skipped." in dry.out
     assert "Dry run: nothing was changed. Add --execute to apply." in dry.out
+    assert (f"Warning: records re-read that were dead-lettered before (undecodable, invalid, or rejected by the ERP) "
+            f"will be dead-lettered again: {t.topic}.dlq gets a second copy of each, and `erp-sync dlq replay` "
+            "handles each copy as a letter of its own.") in dry.out
+    assert "Warning" not in fresh.out  # nothing re-read: nothing dead-lettered again
     assert t.committed() == {0: 5, 1: 3}
 
     r = t.tool("reset-offsets", "--to-offset", "2", "--partitions", "0", "--execute")
@@ -300,8 +372,9 @@ def test_reset_offsets_dry_run_execute_partitions_shift_and_datetime(broker: Bro
 
 
 @pytest.mark.kafka
-def test_reset_offsets_refused_while_a_consumer_is_running(broker: Broker, erp: Any, tmp_path: Path) -> None:
-    t = setup(broker, erp, tmp_path, partitions=1)
+def test_reset_offsets_execute_refused_but_preview_shown_while_a_consumer_is_running(
+        broker: Broker, erp: Any, tmp_path: Path) -> None:
+    t = setup(broker, erp, tmp_path, partitions=1, dlq=True)
     produce_at(broker, t.topic, [(0, b"1", value(1), int(time.time() * 1000))])
     proc = start_consumer(t.env, tmp_path / "running.log")
     try:
@@ -319,13 +392,23 @@ def test_reset_offsets_refused_while_a_consumer_is_running(broker: Broker, erp: 
         assert "state Stable, 1 active member" in table
         assert table_rows(table, "MEMBER ID") == [[member["member_id"], member["client_id"], member["host"], "0"]]
 
-        for argv in (("--to-earliest", "--execute"), ("--to-earliest",)):
-            r = t.tool("reset-offsets", *argv)
-            assert r.code == 2, r
-            assert f"group {t.group} has 1 active member (state Stable)" in r.err
-            assert (f"member {member['member_id']} (client {member['client_id']}, host {member['host']}, "
-                    "partitions 0)") in r.err
-            assert r.out == ""
+        named = (f"member {member['member_id']} (client {member['client_id']}, host {member['host']}, "
+                 "partitions 0)")
+        r = t.tool("reset-offsets", "--to-earliest", "--execute")
+        assert r.code == 2, r
+        assert f"group {t.group} has 1 active member (state Stable)" in r.err and named in r.err
+        assert r.out == ""
+
+        r = t.tool("reset-offsets", "--to-earliest")  # the preview works while consumers run
+        assert r.code == 0, r.err
+        assert reset_rows(r.out) == {0: ("1", 0, "1 record will be re-read (approved ones pushed again)")}
+        assert "Dry run: nothing was changed. Add --execute to apply." in r.out
+        assert (f"Note: group {t.group} has 1 active member (state Stable): CURRENT is the committed offset now, "
+                "and it moves while they run. --execute is refused until every `erp-sync run` of the group is "
+                "stopped.") in r.out
+        assert named in r.out
+        assert f"will be dead-lettered again: {t.topic}.dlq gets a second copy of each ({t.topic}.dlq holds 0 " \
+            "letters now)" in r.out
         assert t.committed() == {0: 1}
     finally:
         proc.proc.send_signal(signal.SIGTERM)
@@ -408,7 +491,9 @@ def test_replay_pushes_exactly_the_window_and_leaves_offsets_and_dlq_alone(broke
         "  (failed records were NOT written to the dead-letter topic)",
     ]
     assert "The group's committed offsets were not changed." in r.out
-    assert "replay [##############################] 100% 6/6 pushed 3, skipped 1, failed 1" in r.err
+    bar = r"^replay \[#{30}\] 100% 6/6 [0-9.]+/s in 0:0[0-9] pushed 3, skipped 1, failed 1$"
+    assert re.search(bar, r.err, re.M), r.err
+    assert "\x1b" not in r.err  # not a terminal: plain lines
     assert t.committed() == offsets
     assert len(read_all(broker, t.topic + ".dlq")) == dlq_before
 
@@ -439,6 +524,44 @@ def test_replay_instance_ids_and_dry_run(broker: Broker, erp: Any, tmp_path: Pat
     assert t.committed() == {0: -1001}  # the group was never touched
 
 
+@pytest.mark.kafka
+def test_replay_pushes_concurrently_one_at_a_time_per_key_with_a_rate_limit(broker: Broker, erp: Any,
+                                                                          tmp_path: Path) -> None:
+    t = setup(broker, erp, tmp_path, partitions=2)
+    t0 = (int(time.time()) - 600) * 1000
+    keys = {i: f"k{i % 6}".encode() for i in range(1, 61)}  # 6 keys, 10 records each, in offset order
+    keys.update({i: None for i in range(61, 67)})  # no Kafka key: ordered by InstanceId
+    produce_at(broker, t.topic, [(i % 2 if k is None else int(k[1:]) % 2, k, value(i), t0 + i)
+                                 for i, k in keys.items()])
+    set_behaviour(erp, latency_ms=40)
+    window = ("--from", iso(t0), "--to", iso(t0 + 60_000))
+
+    r = t.tool("replay", *window, "--max-in-flight", "4")
+    assert r.code == 0, r.err
+    pushed = requests(erp)
+    assert len(pushed) == 66 and "  pushed: 66" in r.out
+    with erp.client() as c:
+        assert c.stats()["max_concurrency"] == 4
+    per_key: dict[bytes | None, list[int]] = {}
+    for p in sorted(pushed, key=lambda p: p["seq"]):
+        per_key.setdefault(keys[p["instance_id"]], []).append(p["instance_id"])
+    for k, seen in per_key.items():
+        if k is not None:
+            assert seen == sorted(seen), (k, seen)  # one key: in offset order, one after another
+    assert re.search(r"  rate: [0-9.]+ pushes/s over [0-9.]+ s \(up to 4 in flight\)", r.out), r.out
+
+    with erp.client() as c:
+        c.clear()
+    set_behaviour(erp, latency_ms=0)
+    started = time.monotonic()
+    r = t.tool("replay", *window, "--max-requests-per-second", "40")
+    took = time.monotonic() - started
+    assert r.code == 0, r.err
+    times = sorted(p["time"] for p in requests(erp))
+    assert len(times) == 66
+    assert times[-1] - times[0] >= (66 - 40) / 40 - 0.1 and took >= 0.55  # a burst of 40, then 40/s
+
+
 # ------------------------------------------------------------------------------------------------ dlq replay
 
 
@@ -446,12 +569,34 @@ def dlq_letters(broker: Broker, t: Env) -> list[dict[str, str]]:
     return [header_map(m) for m in read_all(broker, t.topic + ".dlq")]
 
 
+def replay_position(broker: Broker, group: str, topic: str) -> tuple[int, list[tuple[int, int]]]:
+    """The replay group's committed offset on partition 0 and the letters its metadata says are done beyond it."""
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        tp = consumer.committed([TopicPartition(topic, 0)], timeout=10)[0]
+    finally:
+        consumer.close()
+    return tp.offset, decode_finished(tp.metadata, tp.offset)
+
+
+def write_letter(broker: Broker, dlq: str, source: str, offset: int, cls: str, v: bytes, code: str = "Earlier",
+                 now: int = 0) -> None:
+    """A dead letter as ``erp-sync run`` writes it (original headers first, then ours)."""
+    now = now or int(time.time() * 1000)
+    produce_at(broker, dlq, [(0, b"k%d" % offset, v, now)], headers=[
+        ("traceparent", b"00-abc-01"), (H_TOPIC, source.encode()), (H_PARTITION, b"0"),
+        (H_OFFSET, str(offset).encode()), ("erp_sync.original.timestamp", str(now).encode()),
+        (H_CLASS, cls.encode()), (H_CODE, code.encode()), ("erp_sync.error.message", b"earlier"),
+        (H_ATTEMPTS, b"3" if cls == "erp" else b"0")])
+
+
 @pytest.mark.kafka
-def test_dlq_replay_after_the_fix_and_records_that_fail_again(broker: Broker, erp: Any, tmp_path: Path) -> None:
+def test_dlq_replay_a_letter_failing_again_for_the_same_reason_stays_in_place_and_never_multiplies(
+        broker: Broker, erp: Any, tmp_path: Path) -> None:
     t = setup(broker, erp, tmp_path, partitions=1, dlq=True)
     now = int(time.time() * 1000)
     set_behaviour(erp, rules=[{"instance_id": 2, "times": 1, "response": REJECT},
-                              {"instance_id": 3, "times": 2, "response": REJECT}])
+                              {"instance_id": 3, "times": 3, "response": REJECT}])
     produce_at(broker, t.topic, [(0, str(i).encode(), value(i), now) for i in (1, 2, 3, 4)])
     t.run()
     letters = dlq_letters(broker, t)
@@ -459,32 +604,36 @@ def test_dlq_replay_after_the_fix_and_records_that_fail_again(broker: Broker, er
         ("1", "erp", REJECT["code"], "1"), ("2", "erp", REJECT["code"], "1")]
     seen = len(requests(erp))
     assert seen == 4
+    replay_group = t.group + ".dlq-replay"
 
     r = t.tool("dlq", "replay")
-    assert r.code == 1, r.err  # instance 3 failed again
+    assert r.code == 1, r.err  # instance 3 still fails
     rows = {row[3]: row for row in table_rows(r.out, "DLQ")}
     assert rows["1"][1:] == [t.topic, "0", "1", "2", f"erp {REJECT['code']}", "accepted"]
     assert rows["2"][1:6] == [t.topic, "0", "2", "3", f"erp {REJECT['code']}"]
-    assert rows["2"][6] == (f"failed again: erp {REJECT['code']}: budget exceeded; back on the DLQ "
-                            "(attempts 2, replays 1)")
-    assert (f"Total: 2 dead letters: 1 accepted, 0 duplicates, 0 skipped, 1 failed again "
-            f"(back on {t.topic}.dlq).") in r.out
+    assert rows["2"][6] == (f"still failing: same reason (erp {REJECT['code']}: budget exceeded); left in place")
+    assert (f"Total: 2 dead letters: 1 accepted, 0 duplicates, 0 skipped, 0 failed again (back on {t.topic}.dlq), "
+            "1 still failing for the same reason (left in place).") in r.out
     new = requests(erp)[seen:]
     assert sorted((p["idempotency_key"], p["body"], p["code"]) for p in new) == [
         (key(2), body(2), "OK"), (key(3), body(3), REJECT["code"])]
-    letters = dlq_letters(broker, t)
-    assert len(letters) == 3
-    back = letters[2]
-    assert (back[H_TOPIC], back[H_PARTITION], back[H_OFFSET]) == (t.topic, "0", "2")
-    assert (back[H_CLASS], back[H_CODE], back[H_ATTEMPTS], back["erp_sync.replays"]) == (
-        "erp", REJECT["code"], "2", "1")
-    assert committed(broker, t.group + ".dlq-replay", t.topic + ".dlq") == {0: 2}
+    assert len(dlq_letters(broker, t)) == 2  # nothing written back
+    assert replay_position(broker, replay_group, t.topic + ".dlq") == (1, [])  # at the letter not done
 
     seen = len(requests(erp))
-    r = t.tool("dlq", "replay")  # only the letter written back: instance 2 is not pushed again
+    r = t.tool("dlq", "replay")  # the same again: instance 2 is not pushed again, the DLQ does not grow
+    assert r.code == 1, r.err
+    assert [(row[0], row[4], row[6]) for row in table_rows(r.out, "DLQ")] == [
+        ("0@1", "3", f"still failing: same reason (erp {REJECT['code']}: budget exceeded); left in place")]
+    assert [(p["idempotency_key"], p["code"]) for p in requests(erp)[seen:]] == [(key(3), REJECT["code"])]
+    assert len(dlq_letters(broker, t)) == 2
+
+    seen = len(requests(erp))
+    r = t.tool("dlq", "replay")  # the ERP takes it now
     assert r.code == 0, r.err
-    assert [(row[0], row[3], row[4], row[6]) for row in table_rows(r.out, "DLQ")] == [("0@2", "2", "3", "accepted")]
+    assert [(row[0], row[4], row[6]) for row in table_rows(r.out, "DLQ")] == [("0@1", "3", "accepted")]
     assert [(p["idempotency_key"], p["code"]) for p in requests(erp)[seen:]] == [(key(3), "OK")]
+    assert replay_position(broker, replay_group, t.topic + ".dlq") == (2, [])
 
     seen = len(requests(erp))
     r = t.tool("dlq", "replay")
@@ -492,64 +641,89 @@ def test_dlq_replay_after_the_fix_and_records_that_fail_again(broker: Broker, er
     assert r.out.strip() == (f"Nothing to replay: {t.topic}.dlq has no dead letter that group "
                              f"{t.group}.dlq-replay has not replayed yet.")
     assert len(requests(erp)) == seen
+    assert len(dlq_letters(broker, t)) == 2
     assert t.committed() == {0: 4}  # the consumer's group was never touched
 
 
 @pytest.mark.kafka
-def test_dlq_replay_class_limit_dry_run_and_write_back_keeps_original_headers(broker: Broker, erp: Any,
-                                                                              tmp_path: Path) -> None:
+def test_dlq_replay_class_leaves_other_letters_in_place_and_replays_the_rest_of_a_mixed_dlq(
+        broker: Broker, erp: Any, tmp_path: Path) -> None:
+    t = setup(broker, erp, tmp_path, partitions=1)
+    dlq = create_topic(broker, t.topic + ".dlq", 1)
+    write_letter(broker, dlq, t.topic, 100, "validation", value(10), "OutOfRange")
+    write_letter(broker, dlq, t.topic, 101, "erp", value(11))
+    write_letter(broker, dlq, t.topic, 102, "decode", b"\x02garbage")
+    write_letter(broker, dlq, t.topic, 103, "erp", value(13))
+    write_letter(broker, dlq, t.topic, 104, "validation", value(14), "OutOfRange")
+    replay_group = t.group + ".dlq-replay"
+
+    r = t.tool("dlq", "replay", "--class", "erp")  # the first letter is of another class: not a reason to stop
+    assert r.code == 0, r.err
+    assert [row[3:5] + row[6:] for row in table_rows(r.out, "DLQ")] == [["101", "11", "accepted"],
+                                                                        ["103", "13", "accepted"]]
+    assert ("Not selected by --class erp: 3 dead letters (1 decode, 2 validation) left in place; a run without "
+            "--class replays them.") in r.out
+    assert sorted(p["idempotency_key"] for p in requests(erp)) == [key(11), key(13)]
+    assert replay_position(broker, replay_group, dlq) == (0, [(1, 2), (3, 4)])
+
+    r = t.tool("dlq", "replay", "--class", "erp")  # nothing of that class left
+    assert r.code == 0, r.err
+    assert "DLQ" not in r.out.splitlines()[1]  # no letter handled
+    assert "Not selected by --class erp: 3 dead letters" in r.out
+    assert "Passed over: 2 dead letters an earlier run already replayed." in r.out
+    assert len(requests(erp)) == 2
+
+    r = t.tool("dlq", "replay", "--class", "validation")  # the ERP takes them now (the cause was fixed)
+    assert r.code == 0, r.err
+    assert [row[3:5] + row[6:] for row in table_rows(r.out, "DLQ")] == [["100", "10", "accepted"],
+                                                                        ["104", "14", "accepted"]]
+    assert replay_position(broker, replay_group, dlq) == (2, [(3, 5)])
+    assert len(read_all(broker, dlq)) == 5  # nothing written back
+
+
+@pytest.mark.kafka
+def test_dlq_replay_limit_dry_run_and_a_new_reason_written_back_once_with_its_original_headers(
+        broker: Broker, erp: Any, tmp_path: Path) -> None:
     t = setup(broker, erp, tmp_path, partitions=1)
     dlq = create_topic(broker, t.topic + ".dlq", 1)
     now = int(time.time() * 1000)
-
-    def letter(offset: int, cls: str, v: bytes) -> None:
-        produce_at(broker, dlq, [(0, b"k", v, now)], headers=[
-            ("traceparent", b"00-abc-01"), (H_TOPIC, t.topic.encode()), (H_PARTITION, b"0"),
-            (H_OFFSET, str(offset).encode()), ("erp_sync.original.timestamp", str(now).encode()),
-            (H_CLASS, cls.encode()), (H_CODE, b"Earlier"), ("erp_sync.error.message", b"earlier"),
-            (H_ATTEMPTS, b"3" if cls == "erp" else b"0")])
-
-    letter(100, "erp", value(11))
-    letter(101, "erp", value(12))
-    letter(102, "decode", b"\x02garbage")
-    letter(103, "erp", value(13))
+    write_letter(broker, dlq, t.topic, 100, "erp", value(11), now=now)
+    write_letter(broker, dlq, t.topic, 101, "erp", value(12), now=now)
+    write_letter(broker, dlq, t.topic, 102, "decode", b"\x02garbage", now=now)
+    write_letter(broker, dlq, t.topic, 103, "erp", value(13), now=now)
     replay_group = t.group + ".dlq-replay"
 
     r = t.tool("dlq", "replay", "--class", "erp", "--limit", "1")
     assert r.code == 0, r.err
     assert [row[3:5] + row[6:] for row in table_rows(r.out, "DLQ")] == [["100", "11", "accepted"]]
     assert "Stopped after --limit 1; the other dead letters wait for the next run." in r.out
-    assert committed(broker, replay_group, dlq) == {0: 1}
+    assert replay_position(broker, replay_group, dlq) == (1, [])
 
     r = t.tool("dlq", "replay", "--class", "erp")
     assert r.code == 0, r.err
-    assert [row[3:5] + row[6:] for row in table_rows(r.out, "DLQ")] == [["101", "12", "accepted"]]
-    assert ("Held: partition 0 stopped at offset 2: a decode dead letter, not selected by --class erp."
-            in r.out)
-    assert committed(broker, replay_group, dlq) == {0: 2}
-    assert [p["idempotency_key"] for p in requests(erp)] == [key(11), key(12)]
+    assert [row[3:5] + row[6:] for row in table_rows(r.out, "DLQ")] == [["101", "12", "accepted"],
+                                                                        ["103", "13", "accepted"]]
+    assert replay_position(broker, replay_group, dlq) == (2, [(3, 4)])
 
-    r = t.tool("dlq", "replay", "--dry-run")
-    assert r.code == 0, r.err
-    assert [row[3:] for row in table_rows(r.out, "DLQ")] == [
+    dry = t.tool("dlq", "replay", "--dry-run")
+    assert dry.code == 0, dry.err
+    assert [row[3:] for row in table_rows(dry.out, "DLQ")] == [
         ["102", "?", "decode Earlier", "would fail again: decode InvalidAvro: not a v1 WorkflowCompleted record: "
-                                       "status: index -49 outside [0, 5)"],
-        ["103", "13", "erp Earlier", f"would push: Idempotency-Key {key(13)}"]]
-    assert committed(broker, replay_group, dlq) == {0: 2}
-    assert len(requests(erp)) == 2
+                                       "status: index -49 outside [0, 5)"]]
+    assert "Passed over: 1 dead letter an earlier run already replayed." in dry.out
+    assert replay_position(broker, replay_group, dlq) == (2, [(3, 4)])
+    assert len(requests(erp)) == 3 and len(read_all(broker, dlq)) == 4
 
-    r = t.tool("dlq", "replay")
+    r = t.tool("dlq", "replay")  # a new reason (InvalidAvro, not Earlier): written back once, the old one done
     assert r.code == 1, r.err
     assert [row[3:5] + row[6:7] for row in table_rows(r.out, "DLQ")] == [
         ["102", "?", "failed again: decode InvalidAvro: not a v1 WorkflowCompleted record: status: index -49 "
-                     "outside [0, 5); back on the DLQ (attempts 0, replays 1)"],
-        ["103", "13", "accepted"]]
-    assert [p["idempotency_key"] for p in requests(erp)] == [key(11), key(12), key(13)]
-    assert committed(broker, replay_group, dlq) == {0: 4}
+                     "outside [0, 5); back on the DLQ (attempts 0, replays 1)"]]
+    assert replay_position(broker, replay_group, dlq) == (4, [])
     written = read_all(broker, dlq)
     assert len(written) == 5
     back = written[4]
-    assert back.key() == b"k" and back.value() == b"\x02garbage"
+    assert back.key() == b"k102" and back.value() == b"\x02garbage"
     assert [k for k, _v in back.headers()] == [
         "traceparent", H_TOPIC, H_PARTITION, H_OFFSET, "erp_sync.original.timestamp", H_CLASS, H_CODE,
         "erp_sync.error.message", H_ATTEMPTS, "erp_sync.replays"]
@@ -558,5 +732,90 @@ def test_dlq_replay_class_limit_dry_run_and_write_back_keeps_original_headers(br
         "00-abc-01", t.topic, "102", str(now))
     assert (h[H_CLASS], h[H_CODE], h[H_ATTEMPTS], h["erp_sync.replays"]) == ("decode", "InvalidAvro", "0", "1")
 
+    for _ in range(3):  # the same reason from now on: it stays where it is (not 5 → 6 → 7 → 8 letters)
+        r = t.tool("dlq", "replay")
+        assert r.code == 1, r.err
+        assert [row[0] + " " + row[6] for row in table_rows(r.out, "DLQ")] == [
+            "0@4 still failing: same reason (decode InvalidAvro: not a v1 WorkflowCompleted record: status: index "
+            "-49 outside [0, 5)); left in place"]
+        assert len(read_all(broker, dlq)) == 5
+        assert replay_position(broker, replay_group, dlq) == (4, [])
+    dry = t.tool("dlq", "replay", "--dry-run")
+    assert dry.code == 0, dry.err
+    assert [row[6] for row in table_rows(dry.out, "DLQ")] == [
+        "would still fail: same reason (decode InvalidAvro: not a v1 WorkflowCompleted record: status: index -49 "
+        "outside [0, 5)); left in place"]
+
     assert t.tool("dlq", "replay", "--limit", "0").code == 2
     assert t.tool("dlq", "replay", "--class", "nope").code == 2
+
+
+@pytest.mark.kafka
+def test_dlq_replay_concurrently_never_commits_past_a_letter_not_done(broker: Broker, erp: Any,
+                                                                     tmp_path: Path) -> None:
+    t = setup(broker, erp, tmp_path, partitions=1)
+    dlq = create_topic(broker, t.topic + ".dlq", 1)
+    for i in range(40):
+        write_letter(broker, dlq, t.topic, i, "erp", value(1000 + i), REJECT["code"] if i in (0, 17) else "Earlier")
+    # letter 0 is slow and still rejected; 17 still rejected; the others accepted while 0 is in flight
+    set_behaviour(erp, latency_ms=20, rules=[
+        {"instance_id": 1000, "times": 1, "response": {**REJECT, "latency_ms": 1000}},
+        {"instance_id": 1017, "times": 1, "response": REJECT}])
+    r = t.tool("dlq", "replay", "--max-in-flight", "8")
+    assert r.code == 1, r.err
+    results = {int(row[3]): row[6] for row in table_rows(r.out, "DLQ")}
+    assert len(results) == 40
+    assert {i for i, res in results.items() if res.startswith("still failing: same reason")} == {0, 17}
+    assert all(res == "accepted" for i, res in results.items() if i not in (0, 17))
+    with erp.client() as c:
+        assert c.stats()["max_concurrency"] == 8
+    assert replay_position(broker, t.group + ".dlq-replay", dlq) == (0, [(1, 17), (18, 40)])
+
+    seen = len(requests(erp))
+    r = t.tool("dlq", "replay")  # only the two letters not done are pushed again
+    assert r.code == 0, r.err
+    assert sorted(p["instance_id"] for p in requests(erp)[seen:]) == [1000, 1017]
+    assert "Passed over: 38 dead letters an earlier run already replayed." in r.out
+    assert replay_position(broker, t.group + ".dlq-replay", dlq) == (40, [])
+    assert len(read_all(broker, dlq)) == 40
+
+
+@pytest.mark.kafka
+def test_dlq_replay_interrupted_commits_only_the_letters_done(broker: Broker, erp: Any, tmp_path: Path) -> None:
+    t = setup(broker, erp, tmp_path, partitions=1)
+    dlq = create_topic(broker, t.topic + ".dlq", 1)
+    for i in range(24):
+        write_letter(broker, dlq, t.topic, i, "erp", value(2000 + i))
+    set_behaviour(erp, latency_ms=400)
+    log = open(tmp_path / "dlq-replay.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([ERP_SYNC, "dlq", "replay", "--max-in-flight", "4"], env=t.env, stdout=log,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while len(requests(erp)) < 6:
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "dlq-replay.log").read_text()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+    output = (tmp_path / "dlq-replay.log").read_text()
+    assert ("Interrupted: the dead letters accepted, skipped or written back above are done; the others wait for "
+            "the next run.") in output
+    assert "given up: interrupted before the ERP answered" in output
+    accepted = {p["instance_id"] - 2000 for p in requests(erp) if p["code"] == "OK"}
+    committed_offset, beyond = replay_position(broker, t.group + ".dlq-replay", dlq)
+    done = set(range(committed_offset)) | {o for start, end in beyond for o in range(start, end)}
+    assert done and done <= accepted  # never past a letter that is not done
+    assert len(done) < 24
+
+    set_behaviour(erp, latency_ms=0)
+    seen = len(requests(erp))
+    r = t.tool("dlq", "replay")
+    assert r.code == 0, r.err
+    again = {p["instance_id"] - 2000 for p in requests(erp)[seen:]}
+    assert again == set(range(24)) - done  # the rest, and only the rest
+    assert replay_position(broker, t.group + ".dlq-replay", dlq) == (24, [])

@@ -382,8 +382,9 @@ def test_shutdown_reports_every_unfinished_record(make: Callable[..., Loop], cap
     assert line.getMessage() == ("shutdown: 20 records unfinished (0 pushes given up, 4 in a request, 16 queued, "
                                  "0 dead letters unconfirmed); the next owner reads them again from wf[0]@10")
     (stopped,) = [r for r in caplog.records if getattr(r, "event", None) == "stopped"]
+    commits = loop.p.stats.commits
     assert stopped.getMessage() == "stopped: 10 pushed, 0 duplicates, 0 skipped, 0 dead-lettered, " \
-        f"{loop.p.stats.commits} commits, 20 unfinished"
+        f"{commits} commit{'' if commits == 1 else 's'}, 20 unfinished"
     assert loop.consumer.committed_offsets() == {(TOPIC, 0): 10}
 
 
@@ -413,7 +414,7 @@ def test_readiness_says_the_broker_is_unreachable_and_never_ready_after_losing_t
     assert health.readiness() == (False, "broker not reachable: connecting to the Kafka broker")
     loop.consumer.assign([(TOPIC, 0)])
     loop.p.step()
-    assert health.readiness() == (True, "ok: 1 partitions assigned")
+    assert health.readiness() == (True, "ok: 1 partition assigned")
     watermarks = loop.p.watermarks
     watermarks.failures, watermarks.error = 1, "no answer from 127.0.0.1:9 (Metadata request: timed out)"
     loop.p.lag.update()
@@ -430,7 +431,7 @@ def test_readiness_says_the_broker_is_unreachable_and_never_ready_after_losing_t
     assert health.readiness() == (False, "waiting for a partition assignment (joining the consumer group)")
     loop.consumer.assign([(TOPIC, 0)])
     loop.p.step()
-    assert health.readiness() == (True, "ok: 1 partitions assigned")
+    assert health.readiness() == (True, "ok: 1 partition assigned")
     assert loop.p.metrics.registry.get_sample_value("erp_sync_broker_up") == 1
 
 

@@ -1,0 +1,31 @@
+"""``erp-sync --help`` and the tools' help: where the configuration comes from."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from consumer.cli import build_parser
+
+
+def subparser(parser: argparse.ArgumentParser, *names: str) -> argparse.ArgumentParser:
+    for name in names:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[name]
+    return parser
+
+
+def test_the_main_help_names_the_variables_where_they_are_documented_and_check_config() -> None:
+    text = build_parser().format_help()
+    assert "ERP_SYNC_* environment variables" in text and "ERP_SYNC_CONFIG_FILE" in text
+    for name in ("ERP_SYNC_KAFKA_BOOTSTRAP_SERVERS", "ERP_SYNC_TOPIC", "ERP_SYNC_GROUP_ID", "ERP_SYNC_ERP_URL"):
+        assert name in text
+    assert 'README.md,\n  section "Configuration"' in text
+    assert "`erp-sync check-config` checks them" in text and "check-config --connect" in text
+
+
+@pytest.mark.parametrize("names", [("status",), ("reset-offsets",), ("replay",), ("dlq", "replay")])
+def test_each_tool_says_it_reads_the_configuration_of_run(names: tuple[str, ...]) -> None:
+    text = subparser(build_parser(), *names).format_help()
+    assert "Configuration: the ERP_SYNC_* variables of `erp-sync run`" in text
