@@ -48,6 +48,8 @@ EXPECTED_ALERTS = frozenset(
         "ErpSyncPartitionStuck",
         "ErpSyncOffsetsReset",
         "ErpSyncDeadLetterValuesOmitted",
+        # issue 11: routes and parked records
+        "ErpSyncRouteDown",
     }
 )
 SEVERITIES = frozenset({"critical", "warning", "info"})
