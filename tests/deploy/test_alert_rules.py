@@ -50,6 +50,7 @@ EXPECTED_ALERTS = frozenset(
         "ErpSyncDeadLetterValuesOmitted",
         # issue 11: routes and parked records
         "ErpSyncRouteDown",
+        "ErpSyncParkedNearDeadline",
     }
 )
 SEVERITIES = frozenset({"critical", "warning", "info"})
