@@ -51,6 +51,7 @@ EXPECTED_ALERTS = frozenset(
         # issue 11: routes and parked records
         "ErpSyncRouteDown",
         "ErpSyncParkedNearDeadline",
+        "ErpSyncRetryDeadlineExceeded",
     }
 )
 SEVERITIES = frozenset({"critical", "warning", "info"})
@@ -58,7 +59,9 @@ SEVERITIES = frozenset({"critical", "warning", "info"})
 # Alerts on an event that already happened (a dead letter, a reset offset): they
 # fire at once and their expression's window keeps them firing. Every other
 # alert needs a `for:`, so that a start-up, a rebalance or one answer cannot page.
-EVENT_ALERTS = frozenset({"ErpSyncDeadLetters", "ErpSyncOffsetsReset", "ErpSyncDeadLetterValuesOmitted"})
+EVENT_ALERTS = frozenset(
+    {"ErpSyncDeadLetters", "ErpSyncOffsetsReset", "ErpSyncDeadLetterValuesOmitted", "ErpSyncRetryDeadlineExceeded"}
+)
 README = REPO_ROOT / "README.md"
 
 
