@@ -52,6 +52,7 @@ EXPECTED_ALERTS = frozenset(
         "ErpSyncRouteDown",
         "ErpSyncParkedNearDeadline",
         "ErpSyncRetryDeadlineExceeded",
+        "ErpSyncParkedGrowing",
     }
 )
 SEVERITIES = frozenset({"critical", "warning", "info"})
