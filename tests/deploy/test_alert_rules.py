@@ -48,6 +48,11 @@ EXPECTED_ALERTS = frozenset(
         "ErpSyncPartitionStuck",
         "ErpSyncOffsetsReset",
         "ErpSyncDeadLetterValuesOmitted",
+        # issue 11: routes and parked records
+        "ErpSyncRouteDown",
+        "ErpSyncParkedNearDeadline",
+        "ErpSyncRetryDeadlineExceeded",
+        "ErpSyncParkedGrowing",
     }
 )
 SEVERITIES = frozenset({"critical", "warning", "info"})
@@ -55,7 +60,9 @@ SEVERITIES = frozenset({"critical", "warning", "info"})
 # Alerts on an event that already happened (a dead letter, a reset offset): they
 # fire at once and their expression's window keeps them firing. Every other
 # alert needs a `for:`, so that a start-up, a rebalance or one answer cannot page.
-EVENT_ALERTS = frozenset({"ErpSyncDeadLetters", "ErpSyncOffsetsReset", "ErpSyncDeadLetterValuesOmitted"})
+EVENT_ALERTS = frozenset(
+    {"ErpSyncDeadLetters", "ErpSyncOffsetsReset", "ErpSyncDeadLetterValuesOmitted", "ErpSyncRetryDeadlineExceeded"}
+)
 README = REPO_ROOT / "README.md"
 
 

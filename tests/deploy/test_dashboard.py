@@ -93,6 +93,12 @@ REQUIRED_IN_DASHBOARD = frozenset(
         "erp_sync_committed_offset",
         "erp_sync_partitions_without_committed_offset_total",
         "erp_sync_dead_letter_values_omitted_total",
+        # issue 11: routes and parked records
+        "erp_sync_route_circuit_open",
+        "erp_sync_parked_records",
+        "erp_sync_parked_oldest_age_seconds",
+        "erp_sync_retry_deadline_seconds",
+        "erp_sync_topic_retention_seconds",
     }
 )
 
@@ -105,6 +111,19 @@ TOPIC_LABELLED = frozenset(
         "erp_sync_topic_retention_seconds",
         "erp_sync_committed_offset",
         "erp_sync_partitions_without_committed_offset_total",
+    }
+)
+
+# How a selector honours $topic: the topics chosen, or (issue 11) their retry topics.
+TOPIC_FILTERS = ('topic=~"$topic"', 'topic=~"($topic)\\\\.retry"')
+
+# Series that exist only per route (issue 11): panels must honour $route.
+ROUTE_LABELLED = frozenset(
+    {
+        "erp_sync_route_circuit_open",
+        "erp_sync_parked_records",
+        "erp_sync_parked_oldest_age_seconds",
+        "erp_sync_retry_deadline_seconds",
     }
 )
 
@@ -220,9 +239,53 @@ def test_topic_labelled_metrics_follow_the_topic_variable(dashboard: dict) -> No
             continue
         for name in metric_names_in_promql(expr) & TOPIC_LABELLED:
             selectors = re.findall(rf"\b{re.escape(name)}\s*\{{([^}}]*)\}}", expr)
-            assert selectors and all('topic=~"$topic"' in s for s in selectors), (
-                f'{where}: {name} should be filtered with topic=~"$topic": {expr}'
+            assert selectors and all(any(f in s for f in TOPIC_FILTERS) for s in selectors), (
+                f'{where}: {name} should be filtered with one of {TOPIC_FILTERS}: {expr}'
             )
+
+
+def test_route_labelled_metrics_follow_the_route_variable(dashboard: dict) -> None:
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    route = variables.get("route")
+    assert route is not None, "missing $route variable"
+    assert route["type"] == "query" and route["datasource"] == DATASOURCE_REF
+    assert route.get("includeAll") is True and route.get("allValue") == ".*"
+    for where, expr in dashboard_expressions(dashboard):
+        if where.startswith("variable"):
+            continue
+        for name in metric_names_in_promql(expr) & ROUTE_LABELLED:
+            selectors = re.findall(rf"\b{re.escape(name)}\s*\{{([^}}]*)\}}", expr)
+            assert selectors and all('route=~"$route"' in s for s in selectors), (
+                f'{where}: {name} should be filtered with route=~"$route": {expr}'
+            )
+
+
+def test_routes_row_covers_issue_11(dashboard: dict) -> None:
+    """Issue 11: by route, requests by code, circuit state, parked records, oldest parked age (against the
+    deadline); retry-topic lag in messages and in seconds."""
+    row = next((p for p in dashboard["panels"] if p.get("type") == "row" and p["title"] == "Routes"), None)
+    assert row is not None, "no Routes row"
+    rows = sorted((p for p in dashboard["panels"] if p.get("type") == "row"), key=lambda p: p["gridPos"]["y"])
+    below = [r["gridPos"]["y"] for r in rows if r["gridPos"]["y"] > row["gridPos"]["y"]]
+    end = below[0] if below else 10**6
+    in_row = [
+        p
+        for p in dashboard["panels"]
+        if p.get("type") != "row" and row["gridPos"]["y"] < p["gridPos"]["y"] < end
+    ]
+    exprs = [t["expr"] for p in in_row for t in p.get("targets") or []]
+
+    def shown(pattern: str) -> bool:
+        return any(re.search(pattern, e) for e in exprs)
+
+    assert shown(r"by \(route, result, code\) \(rate\(erp_sync_erp_requests_total\{"), "requests by route and code"
+    assert shown(r"\(erp_sync_route_circuit_open\{"), "circuit state per route"
+    assert shown(r"by \(route\) \(erp_sync_parked_records\{"), "parked records per route"
+    assert shown(r"by \(route\) \(erp_sync_parked_oldest_age_seconds\{"), "oldest parked age per route"
+    assert shown(r"erp_sync_retry_deadline_seconds\{"), "the deadline next to the oldest parked age"
+    retry = TOPIC_FILTERS[1]
+    assert shown(rf"\berp_sync_consumer_lag\{{{re.escape(retry)}\}}"), "retry-topic lag in messages"
+    assert shown(rf"\berp_sync_consumer_lag_seconds\{{{re.escape(retry)}\}}"), "retry-topic lag in seconds"
 
 
 def test_dashboard_expressions_parse_as_promql(dashboard: dict, tmp_path: Path) -> None:
@@ -249,14 +312,27 @@ SYNTHETIC_SERIES = {
     f'erp_sync_consumer_lag{{{_POD},topic="apaas.workflow.completed",partition="0"}}': "5x30",
     f'erp_sync_consumer_lag_seconds{{{_POD},topic="apaas.workflow.completed",partition="0"}}': "12x30",
     f'erp_sync_topic_retention_seconds{{{_POD},topic="apaas.workflow.completed"}}': "604800x30",
-    f'erp_sync_erp_requests_total{{{_POD},result="accepted",code="OK"}}': "0+10x30",
-    f'erp_sync_erp_request_duration_seconds_bucket{{{_POD},le="0.1"}}': "0+5x30",
-    f'erp_sync_erp_request_duration_seconds_bucket{{{_POD},le="+Inf"}}': "0+10x30",
-    f"erp_sync_erp_request_duration_seconds_sum{{{_POD}}}": "0+1x30",
-    f"erp_sync_erp_request_duration_seconds_count{{{_POD}}}": "0+10x30",
+    f'erp_sync_erp_requests_total{{{_POD},result="accepted",code="OK",route="default"}}': "0+10x30",
+    f'erp_sync_erp_requests_total{{{_POD},result="retry",code="HTTP_503",route="default"}}': "0+1x30",
+    f'erp_sync_erp_request_duration_seconds_bucket{{{_POD},route="default",le="0.1"}}': "0+5x30",
+    f'erp_sync_erp_request_duration_seconds_bucket{{{_POD},route="default",le="+Inf"}}': "0+10x30",
+    f'erp_sync_erp_request_duration_seconds_sum{{{_POD},route="default"}}': "0+1x30",
+    f'erp_sync_erp_request_duration_seconds_count{{{_POD},route="default"}}': "0+10x30",
     f'erp_sync_dead_letters_total{{{_POD},class="erp",code="InvalidParameter"}}': "0+1x30",
     f"erp_sync_in_flight{{{_POD}}}": "3x30",
-    f"erp_sync_retry_backoff_seconds{{{_POD}}}": "0x30",
+    f'erp_sync_retry_backoff_seconds{{{_POD},route="default"}}': "0x30",
+    f'erp_sync_route_circuit_open{{{_POD},route="default"}}': "0x30",
+    f'erp_sync_parked_records{{{_POD},route="default"}}': "2x30",
+    f'erp_sync_parked_oldest_age_seconds{{{_POD},route="default"}}': "90x30",
+    f'erp_sync_retry_deadline_seconds{{{_POD},route="default"}}': "604800x30",
+    # the retry topic of the source topic: parked records are consumed like a source
+    f'erp_sync_messages_total{{{_POD},topic="apaas.workflow.completed",outcome="parked"}}': "0+1x30",
+    f'erp_sync_messages_total{{{_POD},topic="apaas.workflow.completed.retry",outcome="pushed"}}': "0+1x30",
+    f'erp_sync_consumer_lag{{{_POD},topic="apaas.workflow.completed.retry",partition="0"}}': "2x30",
+    f'erp_sync_consumer_lag_seconds{{{_POD},topic="apaas.workflow.completed.retry",partition="0"}}': "60x30",
+    f'erp_sync_topic_retention_seconds{{{_POD},topic="apaas.workflow.completed.retry"}}': "604800x30",
+    f'erp_sync_committed_offset{{{_POD},topic="apaas.workflow.completed.retry",partition="0"}}': "10+1x30",
+    f'erp_sync_dead_letters_total{{{_POD},class="erp",code="RetryDeadlineExceeded"}}': "0x10 1x20",
     f'erp_sync_commits_total{{{_POD},result="ok"}}': "0+10x30",
     f'erp_sync_commits_total{{{_POD},result="error"}}': "0x30",
     f'erp_sync_rebalances_total{{{_POD},event="assign"}}': "0+1x30",
