@@ -86,6 +86,8 @@ ENDPOINT_WIDE_CODES: tuple[str, ...] = (
     "AuthFailure",
     "UnauthorizedOperation",
     "IpNotInWhitelist",
+    "HTTP_401",
+    "HTTP_403",
     "HTTP_429",
     "HTTP_502",
     "HTTP_503",

@@ -314,6 +314,8 @@ def test_operator_retry_statuses_turn_a_reject_into_a_retry() -> None:
     (Verdict(Outcome.RETRY, "AuthFailure.SignatureExpire"), True),
     (Verdict(Outcome.RETRY, "HTTP_429"), True),
     (Verdict(Outcome.RETRY, "HTTP_503"), True),
+    (Verdict(Outcome.RETRY, "HTTP_401"), True),  # retried only when configured so: open the circuit at once
+    (Verdict(Outcome.RETRY, "HTTP_403"), True),
     (Verdict(Outcome.RETRY, "InternalError"), False),
     (Verdict(Outcome.RETRY, "InternalError.DbError"), False),
     (Verdict(Outcome.RETRY, "InvalidResponse"), False),
