@@ -6,9 +6,9 @@ Transports (``--transport``):
   :class:`consumer.erp.client.ErpClient` (settings from :func:`consumer.settings.load_settings` with
   ``ERP_SYNC_ERP_URL`` = the stub, ``max_connections`` = ``--concurrency``), every request a task
   doing ``await client.post_async(body, key)`` under an ``asyncio.Semaphore(--concurrency)``, as
-  :class:`consumer.delivery.dispatch.KeyedDispatcher` does (``httpx.Request`` sent through
-  ``httpx_aiohttp.AiohttpTransport``, the same limits, headers and verdict parsing). This is the
-  ceiling ``erp-sync run`` is compared with.
+  :class:`consumer.delivery.dispatch.KeyedDispatcher` does (aiohttp's client used directly by
+  :class:`consumer.erp.http.AiohttpSender`, the same limits, headers and verdict parsing). This is
+  the ceiling ``erp-sync run`` is compared with.
 * ``erp-client-threads``: the previous design — ``--concurrency`` threads sharing one
   ``httpx.Client`` (the consumer's connection limits), a synchronous ``post`` per record, every
   answer read by the consumer's :func:`consumer.erp.verdict.verdict`.
@@ -58,7 +58,7 @@ CEILING_TRANSPORT = "erp-client-async"
 """The transport of "fraction of the HTTP ceiling": the consumer's own client and concurrency."""
 DESCRIPTIONS = {
     "erp-client-async": "the consumer's way: one event loop, one ErpClient, await post_async under a Semaphore "
-                        "(httpx.Request through the httpx-aiohttp transport)",
+                        "(aiohttp's client used directly, consumer/erp/http.py)",
     "erp-client-threads": "previous design: threads sharing one httpx.Client, sync post, the consumer's verdict",
     "httpx-threads": "threads sharing a bare httpx.Client",
     "httpx-thread-local": "threads, one httpx.Client each",
@@ -303,7 +303,7 @@ def measure(url: str, transport: str, concurrency: int, seconds: float, warmup_s
 
 def available(transport: str) -> bool:
     """True when the transport's library is installed."""
-    if transport in ("httpx-aiohttp", "erp-client-async"):
+    if transport == "httpx-aiohttp":
         try:
             import httpx_aiohttp  # noqa: F401
         except ImportError:

@@ -228,8 +228,8 @@ def render(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
             for row in results["latencies"] if row.get("ceiling") and "requests_per_s" in row["ceiling"]]
     if ceil:
         lines.append(f"HTTP ceiling ({CEILING_TRANSPORT}: one event loop, one ErpClient, await post_async under "
-                     f"asyncio.Semaphore({results['args']['max_in_flight']}), httpx.Request through the httpx-aiohttp "
-                     f"transport, no Kafka): " + "; ".join(ceil))
+                     f"asyncio.Semaphore({results['args']['max_in_flight']}), aiohttp's client directly, no Kafka): "
+                     + "; ".join(ceil))
     cost = results.get("cpu_cost")
     if cost:
         lines.append(

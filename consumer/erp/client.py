@@ -7,13 +7,10 @@
   ``X-Erp-Sync-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>``.
 * TLS is verified by default; ``ERP_SYNC_ERP_CA_BUNDLE`` adds a CA bundle and
   ``ERP_SYNC_ERP_CLIENT_CERT``/``…_KEY`` a client certificate (mTLS).
-* Every push (``erp-sync run`` and the replay tools) is :meth:`ErpClient.post_async`: an
-  ``httpx.Request`` sent through an httpx transport on an event loop. The transport is the seam:
-  by default the aiohttp-backed ``httpx-aiohttp`` transport (chosen by measurement), in unit tests
-  an ``httpx.MockTransport``. ``httpx.AsyncClient`` is not in that path: its per-request work
-  (header and URL merging, cookie extraction into a jar, auth and redirect flows) serves none of a
-  single-endpoint POST that sets its own headers and never follows redirects, and it was about a
-  third of the consumer's CPU. Transports compared in ``bench/http_ceiling.py``.
+* Every push (``erp-sync run`` and the replay tools) is :meth:`ErpClient.post_async` on an event
+  loop, carried by a :class:`~consumer.erp.http.Sender`: by default aiohttp's client used directly
+  (chosen by measurement, see :mod:`consumer.erp.http`); given an httpx transport (unit tests pass an
+  ``httpx.MockTransport``), through it.
 * A request that fails on a pooled connection the ERP already closed is re-sent once at once on a
   fresh connection; keep-alive connections idle for more than ``KEEPALIVE_EXPIRY_S`` are dropped
   before the ERP's idle timeout can race us.
@@ -30,46 +27,13 @@ from .. import __version__
 from ..errors import ConfigError
 from ..settings import Settings
 from .auth import sign, tls_context
-from .verdict import Verdict, transport_verdict, verdict
+from .http import AiohttpSender, HttpxSender, Sender, TransportFailure
+from .verdict import Verdict, transport_failure_verdict, verdict
 
 log = logging.getLogger(__name__)
 
 KEEPALIVE_EXPIRY_S = 4.0
 """Idle pooled connections are closed after this many seconds (below common 5 s server timeouts)."""
-
-_STALE_CONNECTION_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
-
-
-def _stale_connection(exc: BaseException) -> bool:
-    """True when a request failed because the ERP had closed the pooled connection we used."""
-    import aiohttp
-
-    cause = exc.__cause__
-    return isinstance(exc, _STALE_CONNECTION_ERRORS) or isinstance(
-        cause, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError)
-
-
-def _aiohttp_error(exc: httpx.HTTPError) -> httpx.HTTPError:
-    """Undo a misnaming of httpx-aiohttp: it maps every connection error to ``ConnectTimeout``.
-
-    Its exception map sends any ``aiohttp.ClientConnectionError`` that is not a timeout (a refused
-    connection, a server that closed the connection without answering, a reset) to
-    ``httpx.ConnectTimeout``. The code an operator sees (logs, the ``code`` label of
-    ``erp_sync_erp_requests_total``) must name what happened, as httpx's own transport does:
-    ``ConnectError``, ``RemoteProtocolError`` (closed without a response) or ``ReadError`` (reset).
-    """
-    import aiohttp
-
-    cause = exc.__cause__
-    if not isinstance(exc, httpx.ConnectTimeout) or not isinstance(cause, aiohttp.ClientConnectionError):
-        return exc
-    if isinstance(cause, aiohttp.ServerTimeoutError | TimeoutError):
-        return exc
-    if isinstance(cause, aiohttp.ClientConnectorError):
-        return httpx.ConnectError(str(exc))
-    if isinstance(cause, aiohttp.ServerDisconnectedError):
-        return httpx.RemoteProtocolError(str(exc))
-    return httpx.ReadError(str(exc))
 
 
 class ErpClient:
@@ -78,8 +42,8 @@ class ErpClient:
     Args:
         settings: ``erp_url`` (required), timeouts, TLS, auth, retry and duplicate code lists.
         max_connections: size of the connection pool (the pushes in flight).
-        transport: the httpx transport requests go through; None builds the aiohttp-backed one on
-            the first push (aiohttp's session belongs to the event loop that makes every call).
+        transport: an httpx transport to send through (unit tests: ``httpx.MockTransport``); None:
+            aiohttp's client (its session is made on the first push, on the event loop that pushes).
 
     Raises:
         ConfigError: no ERP URL, or a TLS file or secret file cannot be read.
@@ -110,12 +74,10 @@ class ErpClient:
             log.warning("ERP_SYNC_ERP_TLS_VERIFY=false: the ERP's certificate is NOT verified",
                         extra={"event": "tls_verify_off"})
         self._headers = headers
-        self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
-                                    keepalive_expiry=KEEPALIVE_EXPIRY_S)
-        self._verify = tls_context(settings)
-        self._url = httpx.URL(self.url)
-        self._transport = transport
-        self._timeout = httpx.Timeout(settings.erp_timeout_seconds).as_dict()
+        self._sender: Sender = (
+            AiohttpSender(self.url, tls_context(settings), max_connections, settings.erp_timeout_seconds,
+                          KEEPALIVE_EXPIRY_S) if transport is None
+            else HttpxSender(self.url, transport, settings.erp_timeout_seconds))
 
     def _request_headers(self, body: bytes, idempotency_key: str) -> dict[str, str]:
         headers = {**self._headers, "Idempotency-Key": idempotency_key}
@@ -133,32 +95,19 @@ class ErpClient:
         Returns:
             The verdict; transport failures are *retry* verdicts named after the error.
         """
-        if self._transport is None:
-            from httpx_aiohttp import AiohttpTransport
-
-            self._transport = AiohttpTransport(verify=self._verify, limits=self._limits, trust_env=False)
         headers = self._request_headers(body, idempotency_key)
-        for attempt in (1, 2):
-            try:
-                request = httpx.Request("POST", self._url, headers=headers, content=body,
-                                        extensions={"timeout": self._timeout})
-                response = await self._transport.handle_async_request(request)
-                try:
-                    await response.aread()
-                finally:
-                    await response.aclose()
-            except httpx.HTTPError as exc:
-                if attempt == 1 and _stale_connection(exc):
-                    continue  # the ERP closed a pooled keep-alive connection: once more, fresh
-                return transport_verdict(_aiohttp_error(exc))
-            except Exception as exc:  # aiohttp/ssl oddities must never escape a push
-                return transport_verdict(exc)
-            return verdict(response.status_code, response.headers, response.content,
-                           retry_codes=self.retry_codes, duplicate_codes=self.duplicate_codes,
-                           retry_statuses=self.retry_statuses)
-        raise AssertionError("unreachable")
+        try:
+            answer = await self._sender.post(headers, body)
+        except TransportFailure as failure:
+            if not failure.stale:
+                return transport_failure_verdict(failure.code, failure.message)
+            try:  # the ERP closed a pooled keep-alive connection: once more, on a fresh one
+                answer = await self._sender.post(headers, body)
+            except TransportFailure as again:
+                return transport_failure_verdict(again.code, again.message)
+        return verdict(answer.status, answer.headers, answer.body, retry_codes=self.retry_codes,
+                       duplicate_codes=self.duplicate_codes, retry_statuses=self.retry_statuses)
 
     async def aclose(self) -> None:
         """Close the connection pool (on the event loop that pushed)."""
-        if self._transport is not None:
-            await self._transport.aclose()
+        await self._sender.aclose()

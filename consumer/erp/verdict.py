@@ -235,13 +235,7 @@ def _parse_response(body: bytes) -> tuple[dict[str, Any], dict[str, Any] | None]
     return response, error
 
 
-def transport_verdict(exc: BaseException) -> Verdict:
-    """Verdict for a request that got no HTTP response (timeout, refused, reset…): always retry.
+def transport_failure_verdict(code: str, message: str) -> Verdict:
+    """Verdict for a request that got no HTTP answer, named by :mod:`consumer.erp.http`: always retry."""
+    return Verdict(Outcome.RETRY, code, _truncate(message or code), transport=True)
 
-    The code is the exception's class name (``ConnectError``, ``ReadTimeout``, ``RemoteProtocolError``),
-    folded to ``Timeout`` for every httpx timeout.
-    """
-    name = type(exc).__name__
-    if name.endswith("Timeout"):
-        name = "Timeout"
-    return Verdict(Outcome.RETRY, name, _truncate(str(exc) or name), transport=True)

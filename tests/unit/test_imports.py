@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "consumer"
-KAFKA_AND_HTTP = ("confluent_kafka", "httpx", "httpx_aiohttp", "aiohttp", "urllib3", "requests", "http.client",
+KAFKA_AND_HTTP = ("confluent_kafka", "httpx", "aiohttp", "urllib3", "requests", "http.client",
                   "http.server", "urllib.request")
 """Kafka clients and HTTP stacks (``urllib.parse``, which fastavro and email.utils load, is neither)."""
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ssl
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -19,11 +21,13 @@ import pytest
 
 from consumer.delivery.push import EXPIRED, PARK, Budget, Pusher, PushResult
 from consumer.delivery.retry import SharedBackoff
-from consumer.erp.client import ErpClient, _aiohttp_error
+from consumer.erp.client import ErpClient
+from consumer.erp.http import aiohttp_failure
 from consumer.erp.verdict import Outcome, Verdict
 from consumer.settings import load_settings
 
 URL = "https://erp.test/apaas/push"
+CONNECTION_KEY: Any = SimpleNamespace(host="erp.test", port=443, ssl=True, is_ssl=True)
 
 
 def client(handler: Any, **env: str) -> ErpClient:
@@ -94,16 +98,26 @@ def test_a_request_on_a_stale_connection_is_sent_again_once() -> None:
     assert len(calls) == 2
 
 
-@pytest.mark.parametrize(("cause", "expected"), [
-    (aiohttp.ServerDisconnectedError(), httpx.RemoteProtocolError),
-    (aiohttp.ClientOSError(104, "Connection reset by peer"), httpx.ReadError),
-    (aiohttp.ServerTimeoutError("timeout"), httpx.ConnectTimeout),
+@pytest.mark.parametrize(("exc", "code", "stale"), [
+    (aiohttp.ServerDisconnectedError(), "RemoteProtocolError", True),
+    (aiohttp.ClientOSError(104, "Connection reset by peer"), "ReadError", True),
+    (ConnectionResetError(104, "Connection reset by peer"), "ReadError", True),
+    (aiohttp.ServerTimeoutError("Timeout on reading data from socket"), "Timeout", False),
+    (TimeoutError(), "Timeout", False),
+    (aiohttp.ClientConnectorError(CONNECTION_KEY, ConnectionRefusedError(111, "Connection refused")),
+     "ConnectError", False),
+    (aiohttp.ClientConnectorCertificateError(CONNECTION_KEY, ssl.SSLCertVerificationError("self-signed")),
+     "SSLError", False),
+    (aiohttp.ClientConnectorSSLError(CONNECTION_KEY, ssl.SSLError("handshake failure")), "SSLError", False),
+    (aiohttp.ClientPayloadError("Response payload is not completed"), "ReadError", False),
+    (aiohttp.ClientResponseError(SimpleNamespace(real_url=URL), (), status=400, message="Invalid status line"),  # type: ignore[arg-type]
+     "RemoteProtocolError", False),
+    (RuntimeError("odd"), "RuntimeError", False),
 ])
-def test_httpx_aiohttp_connect_timeouts_are_renamed_after_their_cause(cause: Exception, expected: type) -> None:
-    """httpx-aiohttp maps every aiohttp connection error to ConnectTimeout; the code must say what happened."""
-    mapped = httpx.ConnectTimeout("x")
-    mapped.__cause__ = cause
-    assert type(_aiohttp_error(mapped)) is expected
+def test_every_aiohttp_failure_has_the_name_an_operator_reads(exc: Exception, code: str, stale: bool) -> None:
+    failure = aiohttp_failure(exc)
+    assert (failure.code, failure.stale) == (code, stale)
+    assert failure.message
 
 
 def fast_backoff() -> SharedBackoff:
