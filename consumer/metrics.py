@@ -27,6 +27,7 @@ from prometheus_client.core import REGISTRY
 
 from . import __version__
 from .decode import avro_v1
+from .decode.schema import STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,12 @@ class Metrics:
         self.started_without_offset = Counter("erp_sync_partitions_without_committed_offset",
                                               "Partitions this process started reading without a committed offset "
                                               "(auto.offset.reset decided where).", ["topic"], registry=r)
+        self.skipped_by_status = Counter("erp_sync_skipped", "Records skipped (not APPROVED), by the writer's "
+                                         "status (the v1 symbols, other statuses as other).", ["topic", "status"],
+                                         registry=r)
+        self.unknown_status = Counter("erp_sync_unknown_status_records", "Records whose status is outside the v1 "
+                                      "set, by what ERP_SYNC_UNKNOWN_STATUS did with them (dead-letter or skip).",
+                                      ["topic", "policy"], registry=r)
         self.build_info = Gauge("erp_sync_build_info", "Build information: version; avro_reader is compiled "
                                 "(mypyc) or interpreted.", ["version", "avro_reader"], registry=r)
         self.build_info.labels(__version__, "compiled" if avro_v1.COMPILED else "interpreted").set(1)
@@ -119,6 +126,8 @@ class Metrics:
         self.dead_lettered = self.messages.labels(topic, "dead_lettered")
         self.duplicate = self.messages.labels(topic, "duplicate")
         self.already_done = self.messages.labels(topic, "already_done")
+        self._skipped_status = {status: self.skipped_by_status.labels(topic, status) for status in (*STATUSES, "other")}
+        self._skipped_other = self._skipped_status["other"]
         self.commit_ok = self.commits.labels("ok")
         self.commit_error = self.commits.labels("error")
         self._request_children: dict[tuple[str, str], Any] = {}
@@ -136,6 +145,11 @@ class Metrics:
         child.inc()
         if duration_s is not None:
             self.erp_duration.observe(duration_s)
+
+    def skip(self, status: str) -> None:
+        """Count one skipped record under its status (``other`` when outside v1: the label stays bounded)."""
+        self.skipped.inc()
+        self._skipped_status.get(status, self._skipped_other).inc()
 
     def dead_letter(self, error_class: str, code: str) -> None:
         """Count one confirmed dead letter."""

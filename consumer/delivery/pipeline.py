@@ -27,7 +27,7 @@ from confluent_kafka import KafkaError, KafkaException, Message
 from prometheus_client import CollectorRegistry
 
 from .. import transform
-from ..decode import Decoder, avro_v1, registry_lookup
+from ..decode import Decoder, avro_v1, decoder_for
 from ..erp.client import ErpClient
 from ..errors import RecordError, ValidationError
 from ..logs import Throttle
@@ -82,8 +82,8 @@ class Pipeline:
         self._last_activity = time.monotonic()
         self._errors = Throttle(KAFKA_ERROR_LOG_EVERY_S)
 
-        self.decoder = decoder or Decoder(settings.max_value_bytes, registry_lookup(settings.schema_registry_url)
-                                          if settings.schema_registry_url else None)
+        unknown_status = self.metrics.unknown_status.labels(settings.topic, settings.unknown_status)
+        self.decoder = decoder or decoder_for(settings, on_unknown_status=lambda _symbol, _id: unknown_status.inc())
         self.erp = ErpClient(settings, max_connections=settings.max_in_flight, transport=erp_transport)
         self.backoff = SharedBackoff(settings.retry_backoff_initial_seconds, settings.retry_backoff_max_seconds,
                                      settings.retry_after_max_seconds, on_change=self.metrics.backoff.set)
@@ -281,8 +281,8 @@ class Pipeline:
             return
         try:
             event = self.decoder.approved(msg.value())
-            if event is None:  # valid, not APPROVED
-                self.settler.settle(record, Disposition.SKIPPED)
+            if isinstance(event, str):  # valid, not APPROVED: the writer's status
+                self.settler.settle(record, Disposition.SKIPPED, status=event)
                 return
             record.body, record.idempotency_key = transform.erp_request(event)
         except RecordError as exc:

@@ -121,13 +121,14 @@ class Settler:
         self.outstanding += 1
 
     def settle(self, record: Record, disposition: Disposition, *, error: RecordError | None = None,
-               attempts: int = 0, pushed: bool = False) -> None:
+               attempts: int = 0, pushed: bool = False, status: str = "") -> None:
         """Apply ``disposition`` to ``record``.
 
         Args:
             record: the record.
             disposition: its fate.
             error: why, for ``DEAD_LETTER``.
+            status: the writer's status symbol, for ``SKIPPED`` (counted by status).
             attempts: ERP requests made for it.
             pushed: it came back from the push routine (it was outstanding).
         """
@@ -146,7 +147,7 @@ class Settler:
             part.finish(record.offset)
         elif disposition is Disposition.SKIPPED:
             self.stats.skipped += 1
-            self.metrics.skipped.inc()
+            self.metrics.skip(status)
             part.finish(record.offset)
         elif disposition is Disposition.ALREADY_DONE:
             self.stats.already_done += 1

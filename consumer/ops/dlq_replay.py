@@ -170,6 +170,7 @@ def replay_dead_letters(settings: Settings, dry_run: bool, error_class: str | No
     producer = None if dry_run else Producer({**settings.producer_config(),
                                               "logger": logging.getLogger("librdkafka.producer")})
     handled = 0
+    decoder = events.decoder_for(settings)  # the run's decoder: same registry, same rules
 
     def commit(msg: Message) -> None:
         if dry_run:
@@ -211,7 +212,7 @@ def replay_dead_letters(settings: Settings, dry_run: bool, error_class: str | No
             error: RecordError | None = None
             attempts = int_header(h, H_ATTEMPTS)
             try:
-                event = events.decode(letter_value(settings, msg, h), max_bytes=settings.max_value_bytes)
+                event = decoder(letter_value(settings, msg, h))
                 if not transform.is_pushed(event):
                     record(instance_of(event), "skipped", f"status {event.get('status')} is not pushed")
                     commit(msg)

@@ -186,6 +186,7 @@ def replay_window(settings: Settings, start_ms: int, end_ms: int, instance_ids: 
     summary = ReplaySummary()
     progress = Progress("replay", sum(end - start for start, end in ranges.values()))
 
+    decoder = events.decoder_for(settings)  # the run's decoder: same registry, same rules
     with open_pusher(settings, dry_run) as pusher:
         def handle(msg: Message) -> Step:
             summary.counts["scanned"] += 1
@@ -197,7 +198,7 @@ def replay_window(settings: Settings, start_ms: int, end_ms: int, instance_ids: 
                     return Step.NEXT
                 event: dict[str, Any] | None = None
                 try:
-                    event = events.decode(msg.value(), max_bytes=settings.max_value_bytes)
+                    event = decoder(msg.value())
                     if instance_ids is not None and event.get("instance_id") not in instance_ids:
                         summary.counts["not_selected"] += 1
                         return Step.NEXT
