@@ -103,6 +103,7 @@ class Settings(BaseSettings):
     erp_oauth2_client_secret: SecretStr | None = None
     erp_oauth2_client_secret_file: Path | None = None
     erp_oauth2_scope: str | None = None
+    erp_oauth2_client_auth: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
 
     retry_backoff_initial_seconds: float = Field(default=0.5, gt=0)
     retry_backoff_max_seconds: float = Field(default=60.0, gt=0)
@@ -203,6 +204,11 @@ class Settings(BaseSettings):
         for name in ("ERP_SYNC_ERP_OAUTH2_CLIENT_ID", "ERP_SYNC_ERP_OAUTH2_CLIENT_SECRET"):
             if name not in given:
                 raise ValueError(f"{name} (or {name}_FILE): required with ERP_SYNC_ERP_OAUTH2_TOKEN_URL")
+        if self.erp_auth_header_name.lower() == "authorization" and (
+                self.erp_auth_header_value or self.erp_auth_header_value_file):
+            raise ValueError("ERP_SYNC_ERP_AUTH_HEADER_VALUE sets the Authorization header that OAuth2 "
+                             "(ERP_SYNC_ERP_OAUTH2_TOKEN_URL) sets: keep one, or give the static header "
+                             "another name (ERP_SYNC_ERP_AUTH_HEADER_NAME)")
 
     @property
     def incompatible_schemas_allowed(self) -> frozenset[int] | None:

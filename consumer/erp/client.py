@@ -14,6 +14,10 @@
   (header and URL merging, cookie extraction into a jar, auth and redirect flows) serves none of a
   single-endpoint POST that sets its own headers and never follows redirects, and it was about a
   third of the consumer's CPU. Transports compared in ``bench/http_ceiling.py``.
+* OAuth2 client credentials (``ERP_SYNC_ERP_OAUTH2_*``): the token comes from
+  :class:`~.auth.OAuth2Bearer` (Authlib) and goes into ``Authorization: Bearer …``; a 401 answer gets
+  one token refresh and one re-send, then the verdict rules as usual. A token endpoint that fails is
+  a *retry* verdict ``AuthFailure.OAuth2Token`` (the whole endpoint waits; ErpSyncErpAuthFailure).
 * A request that fails on a pooled connection the ERP already closed is re-sent once at once on a
   fresh connection; keep-alive connections idle for more than ``KEEPALIVE_EXPIRY_S`` are dropped
   before the ERP's idle timeout can race us.
@@ -28,9 +32,9 @@ import httpx
 
 from .. import __version__
 from ..errors import ConfigError
-from ..settings import Settings
-from .auth import sign, tls_context
-from .verdict import Verdict, transport_verdict, verdict
+from ..settings import Settings, redact_url
+from .auth import OAuth2Bearer, sign, tls_context
+from .verdict import MAX_MESSAGE_CHARS, Outcome, Verdict, transport_verdict, verdict
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +120,7 @@ class ErpClient:
         self._url = httpx.URL(self.url)
         self._transport = transport
         self._timeout = httpx.Timeout(settings.erp_timeout_seconds).as_dict()
+        self.oauth2 = OAuth2Bearer(settings, self._verify) if settings.erp_oauth2_token_url else None
 
     def _request_headers(self, body: bytes, idempotency_key: str) -> dict[str, str]:
         headers = {**self._headers, "Idempotency-Key": idempotency_key}
@@ -138,7 +143,15 @@ class ErpClient:
 
             self._transport = AiohttpTransport(verify=self._verify, limits=self._limits, trust_env=False)
         headers = self._request_headers(body, idempotency_key)
-        for attempt in (1, 2):
+        oauth2 = self.oauth2
+        if oauth2 is not None:
+            try:
+                headers["Authorization"] = await oauth2.authorization()
+            except Exception as exc:  # noqa: BLE001 - the token endpoint's failures are many
+                return self._token_failure(exc)
+        fresh_connection_left = True
+        token_refresh_left = oauth2 is not None
+        while True:
             try:
                 request = httpx.Request("POST", self._url, headers=headers, content=body,
                                         extensions={"timeout": self._timeout})
@@ -148,17 +161,32 @@ class ErpClient:
                 finally:
                     await response.aclose()
             except httpx.HTTPError as exc:
-                if attempt == 1 and _stale_connection(exc):
+                if fresh_connection_left and _stale_connection(exc):
+                    fresh_connection_left = False
                     continue  # the ERP closed a pooled keep-alive connection: once more, fresh
                 return transport_verdict(_aiohttp_error(exc))
             except Exception as exc:  # aiohttp/ssl oddities must never escape a push
                 return transport_verdict(exc)
+            if response.status_code == 401 and token_refresh_left and oauth2 is not None:
+                token_refresh_left = False  # one refresh and one re-send, then the verdict as usual
+                try:
+                    headers["Authorization"] = await oauth2.refresh(headers["Authorization"])
+                except Exception as exc:  # noqa: BLE001
+                    return self._token_failure(exc)
+                continue
             return verdict(response.status_code, response.headers, response.content,
                            retry_codes=self.retry_codes, duplicate_codes=self.duplicate_codes,
                            retry_statuses=self.retry_statuses)
-        raise AssertionError("unreachable")
+
+    def _token_failure(self, exc: BaseException) -> Verdict:
+        """A token endpoint that refused or did not answer: retry (the whole endpoint waits), an auth code."""
+        assert self.oauth2 is not None
+        message = f"OAuth2 token endpoint {redact_url(self.oauth2.token_url)}: {type(exc).__name__}: {exc}"
+        return Verdict(Outcome.RETRY, "AuthFailure.OAuth2Token", message[:MAX_MESSAGE_CHARS])
 
     async def aclose(self) -> None:
         """Close the connection pool (on the event loop that pushed)."""
         if self._transport is not None:
             await self._transport.aclose()
+        if self.oauth2 is not None:
+            await self.oauth2.aclose()
