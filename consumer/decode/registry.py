@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ConfigError
+
 if TYPE_CHECKING:
     from ..settings import Settings
 
@@ -32,7 +34,6 @@ def registry_client_config(settings: Settings) -> dict[str, Any]:
     conf: dict[str, Any] = {"url": settings.schema_registry_url}
     user_info = settings.schema_registry_user_info()
     if user_info:
-        conf["basic.auth.credentials.source"] = "USER_INFO"
         conf["basic.auth.user.info"] = user_info
     if settings.schema_registry_ca_bundle:
         conf["ssl.ca.location"] = str(settings.schema_registry_ca_bundle)
@@ -55,11 +56,18 @@ def registry_lookup(url: str, extra_config: Mapping[str, Any] | None = None) -> 
         url: the registry URL (``ERP_SYNC_SCHEMA_REGISTRY_URL``).
         extra_config: more client settings (``basic.auth.user.info``, ``ssl.ca.location``…; see
             :func:`registry_client_config`).
+
+    Raises:
+        ConfigError: the client refuses its settings (a CA or certificate file that does not load…).
     """
     from confluent_kafka.schema_registry import SchemaRegistryClient
     from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-    client = SchemaRegistryClient({**(extra_config or {}), "url": url})
+    try:
+        client = SchemaRegistryClient({**(extra_config or {}), "url": url})
+    except (ValueError, TypeError, OSError) as exc:  # ssl.SSLError is an OSError: CA or certificate files
+        raise ConfigError(f"ERP_SYNC_SCHEMA_REGISTRY_*: the schema registry client refuses its settings: "
+                          f"{type(exc).__name__}: {exc}") from None
 
     def fetch(schema_id: int) -> Any:
         for attempt in range(3):

@@ -212,9 +212,9 @@ def test_decoder_for_passes_the_registry_settings_through(tmp_path: Any, monkeyp
         "ERP_SYNC_SCHEMA_REGISTRY_ALLOW_INCOMPATIBLE": "3,7", "ERP_SYNC_UNKNOWN_STATUS": "skip",
         "ERP_SYNC_MAX_VALUE_BYTES": "5000"})
     assert registry_client_config(settings) == {
-        "url": "https://registry.test:8081", "basic.auth.credentials.source": "USER_INFO",
-        "basic.auth.user.info": "sr-user:sr-pass", "ssl.ca.location": "/etc/sr/ca.pem",
-        "ssl.certificate.location": "/etc/sr/client.pem", "ssl.key.location": "/etc/sr/client.key"}
+        "url": "https://registry.test:8081", "basic.auth.user.info": "sr-user:sr-pass",
+        "ssl.ca.location": "/etc/sr/ca.pem", "ssl.certificate.location": "/etc/sr/client.pem",
+        "ssl.key.location": "/etc/sr/client.key"}
     built: list[tuple[str, dict[str, Any]]] = []
     monkeypatch.setattr(factory_module, "registry_lookup",
                         lambda url, conf: built.append((url, conf)) or Lookup())  # type: ignore[func-returns-value]
@@ -229,6 +229,16 @@ def test_decoder_for_passes_the_registry_settings_through(tmp_path: Any, monkeyp
     assert load_settings({"ERP_SYNC_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": "u:secret"}).redacted()[
         "ERP_SYNC_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO"] == "**********"
     assert load_settings({"ERP_SYNC_SCHEMA_REGISTRY_ALLOW_INCOMPATIBLE": "all"}).incompatible_schemas_allowed is None
+
+
+def test_registry_files_that_do_not_load_are_configuration_errors(tmp_path: Any) -> None:
+    from consumer.errors import ConfigError
+
+    settings = load_settings({"ERP_SYNC_SCHEMA_REGISTRY_URL": "https://registry.test",
+                              "ERP_SYNC_SCHEMA_REGISTRY_CLIENT_CERT": str(tmp_path / "missing.pem")})
+    with pytest.raises(ConfigError) as info:
+        decoder_for(settings)
+    assert "ERP_SYNC_SCHEMA_REGISTRY_" in str(info.value)
 
 
 @pytest.mark.parametrize(("env", "message"), [
