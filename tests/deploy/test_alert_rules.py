@@ -39,6 +39,7 @@ EXPECTED_ALERTS = frozenset(
         "ErpSyncDeadLettersPending",
         "ErpSyncNoSuccessfulPush",
         "ErpSyncConsumerDown",
+        "ErpSyncUnknownStatus",
     }
 )
 SEVERITIES = frozenset({"critical", "warning", "info"})

@@ -49,6 +49,8 @@ EXPORTED_METRICS = frozenset(
         "erp_sync_paused_partitions",
         "erp_sync_dead_letters_pending",
         "erp_sync_build_info",
+        "erp_sync_skipped_total",
+        "erp_sync_unknown_status_records_total",
         # prometheus-client defaults
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
