@@ -19,6 +19,13 @@ def _recorded_all(stats: dict[str, Any]) -> bool:
     return bool(stats["recorded"] == int(stats["received"]) and not stats["dropped"])
 
 
+def _erp_side(stats: dict[str, Any]) -> dict[str, Any]:
+    """What the ERP saw (the stub's capacity model): server-side latency, peak pushes served and queued."""
+    return {"erp_capacity": stats.get("capacity"), "erp_latency_ms": stats.get("latency_ms"),
+            "erp_queue_ms": stats.get("queue_ms"), "erp_max_serving": stats.get("max_serving"),
+            "erp_max_queue": stats.get("max_queue")}
+
+
 def _order_violations(pairs: list[tuple[str, int]]) -> int:
     """How many first arrivals of a key came before an earlier record of that key (offset = EndTime order)."""
     seen: set[tuple[str, int]] = set()
@@ -67,7 +74,7 @@ def check_delivery(stub: Stub, universe: set[tuple[str, int]] | None, expected_c
     stats = stub.client.stats()
     received = int(stats["received"])
     out: dict[str, Any] = {"received": received, "expected": expected_count, "by_code": stats["by_code"],
-                           "max_concurrency_at_stub": stats["max_concurrency"]}
+                           "max_concurrency_at_stub": stats["max_concurrency"], **_erp_side(stats)}
     not_ok = _not_ok(stats)
     if universe is not None and _recorded_all(stats):
         unique, found = _per_record(stub, universe)
@@ -100,7 +107,7 @@ def check_partial_delivery(stub: Stub, data: Dataset, committed_offsets: dict[in
     must = [(key, end) for part, rows in data.approved_at.items() for off, key, end in rows
             if off < committed_offsets.get(part, 0)]
     out: dict[str, Any] = {"received": received, "by_code": stats["by_code"], "must_have": len(must),
-                           "max_concurrency_at_stub": stats["max_concurrency"]}
+                           "max_concurrency_at_stub": stats["max_concurrency"], **_erp_side(stats)}
     if _recorded_all(stats):
         universe = {(key, end) for rows in data.approved_at.values() for _off, key, end in rows}
         unique, found = _per_record(stub, universe)
@@ -168,4 +175,52 @@ def evaluate(results: dict[str, Any], bounds: dict[str, Any], max_in_flight: int
     scale = results.get("scale")
     add(f"two processes vs one at {bounds['scale_latency_ms']} ms", scale["ratio"] if scale else None, ">=",
         bounds["scale_two_processes_min_ratio"])
+    return checks
+
+
+def evaluate_peer(results: dict[str, Any], bounds: dict[str, Any]) -> list[dict[str, Any]]:
+    """PASS/FAIL per target of issue 14 (bounds_peer.json) that this run measured.
+
+    A target measured under other conditions than the issue's (fewer records, another stub
+    capacity) is still evaluated, with a note saying so.
+    """
+    checks: list[dict[str, Any]] = []
+
+    def add(name: str, value: float | None, op: str, limit: float, note: str = "") -> None:
+        ok = None if value is None else (value >= limit if op == ">=" else value <= limit)
+        checks.append({"target": name, "value": value, "op": op, "limit": limit, "pass": ok, "note": note})
+
+    capacity = results["args"].get("stub_capacity")
+    rows = {row["latency_ms"]: row for row in (results.get("peer") or {}).get("rows", [])}
+    for lat, key in ((50.0, "latency_50"), (0.0, "latency_0")):
+        spec, row = bounds.get(key, {}), rows.get(lat)
+        if row is None:
+            continue
+        notes = [f"{row['records']:,} records, medians of {row['rounds']} round(s)"]
+        if "records" in spec and row["records"] < spec["records"]:
+            notes.append(f"indicative only: the target is for {spec['records']:,}")
+        if "stub_capacity" in spec and capacity != spec["stub_capacity"]:
+            notes.append(f"stub capacity {capacity or 'unlimited'}, the target is for {spec['stub_capacity']}")
+        note = "; ".join(notes)
+        if "records_per_s_vs_peer_min" in spec:
+            add(f"{lat:g} ms: records/s vs Parallel Consumer", row["records_per_s_ratio"], ">=",
+                spec["records_per_s_vs_peer_min"], note)
+        if "cpu_per_record_vs_peer_max" in spec:
+            add(f"{lat:g} ms: CPU per record vs Parallel Consumer", row["cpu_per_record_ratio"], "<=",
+                spec["cpu_per_record_vs_peer_max"], note)
+    if rows:
+        worst = max(rows.values(), key=lambda r: r["peak_rss_ratio"] or 0.0)
+        add("peak RSS vs Parallel Consumer (the largest ratio)", worst["peak_rss_ratio"], "<=",
+            bounds["peak_rss_vs_peer_max"], f"at {worst['latency_ms']:g} ms")
+    check = results.get("capacity_check")
+    if check:
+        spec = bounds["capacity_check"]
+        lat = check["latency_ms"]
+        p99 = ((check["erp_sync"]["delivery"].get("erp_latency_ms") or {}).get("p99"))
+        ratio = p99 / lat if p99 is not None and lat > 0 else None
+        note = f"base latency {lat:g} ms"
+        if check["capacity"] != spec["capacity"]:
+            note += f"; capacity {check['capacity']}, the target is for {spec['capacity']}"
+        add(f"stub capacity {check['capacity']}: ERP-side p99 / base latency", ratio, "<=",
+            spec["p99_over_base_max"], note)
     return checks

@@ -67,6 +67,118 @@ def rss_lines(rss: dict[str, Any]) -> list[str]:
     ]
 
 
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"x{value:.2f}"
+
+
+def _erp_p99(run: dict[str, Any]) -> float | None:
+    p99: float | None = ((run.get("delivery") or {}).get("erp_latency_ms") or {}).get("p99")
+    return p99
+
+
+def peer_lines(results: dict[str, Any]) -> list[str]:
+    """The side-by-side table with the Java peer, then the same in the issue's Markdown shape."""
+    info, args = results["peer"], results["args"]
+    v = info["versions"]
+    check = info["self_check"]
+    capacity = args.get("stub_capacity")
+    rounds = args.get("peer_rounds", 1)
+    lines = [
+        f"Side by side with the Java peer (bench/peers/parallel-consumer): Confluent Parallel Consumer "
+        f"{v['parallel-consumer-core']} (kafka-clients {v['kafka-clients']}), KEY order, maxConcurrency "
+        f"{args['peer_concurrency']}, commit mode {args['peer_commit_mode']}; Apache Avro {v['avro']} generic reader, "
+        f"Jackson {v['jackson']}, java.net.http (HTTP/1.1); {info['java']}, JVM options "
+        f"{' '.join(args['peer_java_opts']) or 'none (defaults)'}. Same broker, topic and ERP stub"
+        + (f" (capacity {capacity})" if capacity else "") + f"; each its own group; medians of {rounds} round(s).",
+        f"Peer bodies against erp-sync's transform, byte for byte: {check['events']:,} events "
+        f"({check['bodies']:,} bodies): {check['differences']} differences",
+        "",
+    ]
+    header = ["latency", "records", "erp-sync rec/s", "PC rec/s", "ours/PC", "CPU s/1k ours", "CPU s/1k PC",
+              "CPU ours/PC", "cores ours", "cores PC", "peak RSS MB ours / PC", "RSS ours/PC"]
+    if capacity:
+        header.append("ERP p99 ms ours / PC")
+    header += ["delivered ours / PC", "load"]
+    rows = []
+    for row in info["rows"]:
+        o, p = row["ours"], row["peer"]
+
+        def ok(side: dict[str, Any]) -> str:
+            text = "OK" if side["all_delivered"] else "FAIL"
+            return text + (f" ({side['order_violations']} order)" if side["order_violations"] else "")
+
+        cells = [f"{row['latency_ms']:g} ms", f"{row['records']:,}", fmt(o["records_per_s"]), fmt(p["records_per_s"]),
+                 _ratio(row["records_per_s_ratio"]), fmt(o["cpu_s_per_1k_records"], ".3f"),
+                 fmt(p["cpu_s_per_1k_records"], ".3f"), _ratio(row["cpu_per_record_ratio"]),
+                 fmt(o["cores_busy"], ".2f"), fmt(p["cores_busy"], ".2f"),
+                 f"{o['peak_rss_mb']:.0f} / {p['peak_rss_mb']:.0f}", _ratio(row["peak_rss_ratio"])]
+        if capacity:
+            cells.append(f"{fmt(o['erp_p99_ms'], '.1f')} / {fmt(p['erp_p99_ms'], '.1f')}")
+        load = [x for x in o["loadavg_1m_after"] + p["loadavg_1m_after"] if x is not None]
+        cells += [f"{ok(o)} / {ok(p)}", f"{min(load):.1f}-{max(load):.1f}" if load else "-"]
+        rows.append(cells)
+    lines.append(table(rows, header))
+    lines.append("rec/s: records / window (first push at the stub → last verdict); CPU: user+sys of the process "
+                 "(the JVM: all its threads, from /proc) in that window; cores: CPU s / window s; peak RSS: VmHWM")
+    if rounds > 1:
+        lines.append("single rounds, records/s: " + "; ".join(
+            f"{r['latency_ms']:g} ms erp-sync {fmt(r['ours']['records_per_s_range'][0])}–"
+            f"{fmt(r['ours']['records_per_s_range'][1])}, PC {fmt(r['peer']['records_per_s_range'][0])}–"
+            f"{fmt(r['peer']['records_per_s_range'][1])}" for r in info["rows"]))
+    lines.append("")
+    lines.append("| ERP latency | events | erp-sync records/s | Parallel Consumer records/s "
+                 "| CPU per record, ours / PC | peak RSS, ours / PC |")
+    lines.append("| --- | --- | --- | --- | --- | --- |")
+    for row in info["rows"]:
+        o, p = row["ours"], row["peer"]
+        lines.append(f"| {row['latency_ms']:g} ms | {row['records']:,} | {fmt(o['records_per_s'])} | "
+                     f"{fmt(p['records_per_s'])} | ×{fmt(row['cpu_per_record_ratio'], '.2f')} | "
+                     f"{o['peak_rss_mb']:.0f} / {p['peak_rss_mb']:.0f} MB |")
+    return lines
+
+
+def erp_side_lines(results: dict[str, Any]) -> list[str]:
+    """What the ERP saw in every run when the stub had a capacity: server-side latency against the base latency."""
+    lines: list[str] = []
+    capacity = results["args"].get("stub_capacity")
+
+    def describe(name: str, run: dict[str, Any], base: float) -> str:
+        d = run["delivery"]
+        lat = d.get("erp_latency_ms") or {}
+        p50, p99 = lat.get("p50"), lat.get("p99")
+        ratio = f" = x{p99 / base:.2f} base" if p99 is not None and base > 0 else ""
+        return (f"{name} p50 {fmt(p50, '.1f')} / p99 {fmt(p99, '.1f')} ms{ratio}, peak served "
+                f"{d.get('erp_max_serving')}, peak queue {d.get('erp_max_queue')}")
+
+    if capacity:
+        parts = []
+        for row in results["latencies"]:
+            if row.get("erp_sync"):
+                parts.append(f"{row['latency_ms']:g} ms: " + describe("erp-sync", row["erp_sync"], row["latency_ms"]))
+        lines.append(f"ERP side (stub capacity {capacity}; server-side latency, arrival → answer, queue included): "
+                     + "; ".join(parts))
+    check = results.get("capacity_check")
+    if check:
+        lat = check["latency_ms"]
+        runs = [describe(label, check[key], lat) + f", {check[key]['records_per_s']:,.0f} records/s"
+                for key, label in (("erp_sync", "erp-sync"), ("peer", "Parallel Consumer")) if check.get(key)]
+        lines.append(f"Capacity check: stub capacity {check['capacity']} at {lat:g} ms, MAX_IN_FLIGHT "
+                     f"{results['args']['max_in_flight']}"
+                     + (f", erp-sync env {results['args']['erp_sync_env']}" if results["args"]["erp_sync_env"] else "")
+                     + ": " + "; ".join(runs))
+    return lines
+
+
+def target_lines(checks: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for c in checks:
+        status = "n/a " if c["pass"] is None else ("PASS" if c["pass"] else "FAIL")
+        value = "-" if c["value"] is None else f"{c['value']:,.3g}"
+        note = f"  [{c['note']}]" if c["note"] else ""
+        lines.append(f"  {status}  {c['target']}: {value} (target {c['op']} {c['limit']:,}){note}")
+    return lines
+
+
 def render(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
     m = results["machine"]
     v = m["versions"]
@@ -151,11 +263,19 @@ def render(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
         lines.append(f"  inclusive: {hot}")
         lines.append("  self: " + "; ".join(f"{name} {pct}%" for name, pct in summ["self_pct"][:6]))
         lines.append(f"  stacks: {summ['file']} (collapsed format: speedscope.app or flamegraph.pl)")
+    erp_side = erp_side_lines(results)
+    if erp_side:
+        lines.append("")
+        lines.extend(erp_side)
+    if results.get("peer"):
+        lines.append("")
+        lines.extend(peer_lines(results))
     lines.append("")
     lines.append("Targets (bench/bounds.json):")
-    for c in checks:
-        status = "n/a " if c["pass"] is None else ("PASS" if c["pass"] else "FAIL")
-        value = "-" if c["value"] is None else f"{c['value']:,.3g}"
-        note = f"  [{c['note']}]" if c["note"] else ""
-        lines.append(f"  {status}  {c['target']}: {value} (target {c['op']} {c['limit']:,}){note}")
+    lines.extend(target_lines(checks))
+    if results.get("peer_checks"):
+        lines.append("")
+        lines.append("Targets of issue 14 (bench/bounds_peer.json; printed only: the exit status is about "
+                     "correctness):")
+        lines.extend(target_lines(results["peer_checks"]))
     return "\n".join(lines)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,13 +107,20 @@ def make_dataset(broker: Broker, prefix: str, partitions: int, count: int, seed:
 
 
 class Stub:
-    """``erp-sync erp-stub`` in a subprocess, and its control client."""
+    """``erp-sync erp-stub`` in a subprocess, and its control client.
 
-    def __init__(self, workdir: Path) -> None:
+    ``capacity``: the stub's capacity model (pushes served at once, the others queue; None: unlimited),
+    set at start (``--capacity``) and again by every :meth:`prepare`.
+    """
+
+    def __init__(self, workdir: Path, capacity: int | None = None) -> None:
         self.port = free_port()
+        self.capacity = capacity
         self.log_path = workdir / "erp-stub.log"
-        self.proc = subprocess.Popen([ERP_SYNC, "erp-stub", "--port", str(self.port), "--latency-ms", "0"],
-                                     stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        cmd = [ERP_SYNC, "erp-stub", "--port", str(self.port), "--latency-ms", "0"]
+        if capacity is not None:
+            cmd += ["--capacity", str(capacity)]
+        self.proc = subprocess.Popen(cmd, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
         self.base = f"http://127.0.0.1:{self.port}"
         self.url = self.base + "/erp/push"
         self.client = StubClient(self.base, timeout_s=60)
@@ -122,10 +131,19 @@ class Stub:
             time.sleep(0.1)
 
     def prepare(self, latency_ms: float) -> None:
-        """Set the latency and forget records, seen keys and counters."""
-        self.client.behaviour(latency_ms=latency_ms)
+        """Set the latency and the capacity, forget records, seen keys and counters."""
+        self.client.behaviour(latency_ms=latency_ms, capacity=self.capacity)
         self.client.clear()
         self.client.reset_stats()
+
+    @contextlib.contextmanager
+    def capacity_as(self, capacity: int | None) -> Iterator[None]:
+        """Every :meth:`prepare` inside the block sets this capacity (None: unlimited)."""
+        saved, self.capacity = self.capacity, capacity
+        try:
+            yield
+        finally:
+            self.capacity = saved
 
     def records(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

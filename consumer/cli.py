@@ -24,6 +24,7 @@ from . import __version__, logs, ops
 from .errors import ConfigError
 from .kafka import error_text
 from .ops.topics import cmd_create_topics
+from .routes import load_routes
 from .settings import Settings, load_settings, validate_kafka_config
 
 log = logging.getLogger("consumer.cli")
@@ -46,7 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from . import app
 
     settings = _settings()
-    settings.require_erp_url()
+    load_routes(settings)  # the routes file, or ERP_SYNC_ERP_URL as the one route
     validate_kafka_config(settings)
     log.info("configuration: %s", json.dumps(settings.redacted()), extra={"event": "config"})
     app.exit_now(app.run(settings, exit_when_idle_s=args.exit_when_idle))
@@ -62,11 +63,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     settings = load_settings()
     for warning in settings.unknown_variables:
         print(f"warning: {warning}", file=sys.stderr)
-    settings.require_erp_url()
+    routes = load_routes(settings)  # the routes file, or ERP_SYNC_ERP_URL as the one route
     validate_kafka_config(settings)
     from .erp.client import ErpClient
 
-    ErpClient(settings, max_connections=1)  # TLS files, secret files
+    for route in routes.routes:
+        ErpClient(route.settings, max_connections=1)  # each route's TLS and secret files
     print(json.dumps(settings.redacted(), indent=2, sort_keys=True))
     if not args.connect:
         return 0
@@ -76,6 +78,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for check in checks:
         print(check.line(), file=sys.stderr)
     return 0 if all(c.ok for c in checks) else 1
+
+
+def _devstack_missing(args: argparse.Namespace) -> int:
+    """``erp-stub`` / ``produce-sample`` where ``consumer.devstack`` is not installed: say why, exit 2."""
+    print(f"erp-sync {args.command}: not in this installation: the development stack (consumer/devstack: ERP "
+          "stub, sample producer) is left out of the production image; use the image's devstack target "
+          "(docker build --target devstack)", file=sys.stderr)
+    return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     if importlib.util.find_spec(DEVSTACK_COMMANDS) is not None:  # erp-stub, produce-sample
         importlib.import_module(DEVSTACK_COMMANDS).register(sub)
+    else:  # the production image leaves the development stack out: say so, not "invalid choice"
+        for command in ("erp-stub", "produce-sample"):
+            missing = sub.add_parser(command, help="(not in this installation: the development stack)")
+            missing.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            missing.set_defaults(func=_devstack_missing)
 
     topics = sub.add_parser("create-topics", help="create the source and dead-letter topics if missing")
     topics.add_argument("--partitions", type=int, default=6)

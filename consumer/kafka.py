@@ -103,7 +103,10 @@ class WatermarkWatcher:
         self.ok = False
         self.failures = 0
         self.error = "not asked yet"
-        self.retention_s: float | None = None
+        self.retention: dict[str, float] = {}
+        """``retention.ms / 1000`` of the source and retry topics (-1 when unlimited), once read."""
+        self.retention_topics = [*settings.topics,
+                                 *(r for t in settings.topics if (r := settings.retry_topic_of(t)) is not None)]
         self._settings = settings
         self._next_retention = 0.0
         self._thread = threading.Thread(target=self._loop, name="watermarks", daemon=True)
@@ -132,7 +135,7 @@ class WatermarkWatcher:
                 for tp, future in futures.items():
                     high[(tp.topic, tp.partition)] = future.result(timeout=3.0).offset
             else:
-                self._admin.list_topics(topic=self._settings.topic, timeout=2.0)
+                self._admin.list_topics(topic=self._settings.primary_topic, timeout=2.0)
         except Exception as exc:  # noqa: BLE001 - KafkaException or a timeout: keep the last values
             self.failures += 1
             self.error = (f"no answer from {self._settings.kafka_bootstrap_servers} "
@@ -149,10 +152,13 @@ class WatermarkWatcher:
             try:
                 self.refresh()
                 if time.monotonic() >= self._next_retention:  # until known, then every 10 min
-                    value = topic_retention_seconds(self._settings, self._settings.topic)
-                    if value is not None:
-                        self.retention_s = value
-                    self._next_retention = time.monotonic() + (600.0 if value is not None else 30.0)
+                    known = True
+                    for topic in self.retention_topics:
+                        value = topic_retention_seconds(self._settings, topic)
+                        if value is not None:
+                            self.retention[topic] = value
+                        known = known and value is not None
+                    self._next_retention = time.monotonic() + (600.0 if known else 30.0)
             except Exception:  # noqa: BLE001 - a metrics thread must not die
                 log.exception("watermark refresh failed")
             self._wake.wait(self._interval_s)

@@ -29,6 +29,8 @@ from . import __version__
 from .decode import avro_v1
 from .decode.schema import STATUSES
 
+KNOWN_STATUSES = frozenset(STATUSES)
+
 log = logging.getLogger(__name__)
 
 MAX_DISTINCT_CODES = 50
@@ -62,7 +64,7 @@ class Metrics:
     """Every metric of one consumer process.
 
     Args:
-        topic: the source topic (label of per-topic metrics).
+        topic: the (first) source topic: the label of the pre-bound outcome counters.
         registry: where to register; the process default registry by default (which also
             carries the process_* and python_* metrics). Tests pass their own.
     """
@@ -78,17 +80,33 @@ class Metrics:
         self.lag_seconds = Gauge("erp_sync_consumer_lag_seconds",
                                  "Age of the oldest unfinished record in seconds (0 when caught up).",
                                  ["topic", "partition"], registry=r)
-        self.erp_requests = Counter("erp_sync_erp_requests", "ERP requests by verdict and code.",
-                                    ["result", "code"], registry=r)
+        self.erp_requests = Counter("erp_sync_erp_requests", "ERP requests by verdict, code and route.",
+                                    ["result", "code", "route"], registry=r)
         self.erp_duration = Histogram("erp_sync_erp_request_duration_seconds",
-                                      "ERP request duration in seconds (to the verdict).",
+                                      "ERP request duration in seconds (to the verdict), by route.", ["route"],
                                       buckets=DURATION_BUCKETS, registry=r)
         self.dead_letters = Counter("erp_sync_dead_letters", "Dead letters confirmed by the broker.",
                                     ["class", "code"], registry=r)
         self.in_flight = Gauge("erp_sync_in_flight", "ERP pushes running now (sending, or waiting out a backoff).",
                                registry=r)
         self.backoff = Gauge("erp_sync_retry_backoff_seconds",
-                             "Current shared retry backoff in seconds (0 when the ERP is healthy).", registry=r)
+                             "Current shared retry backoff of a route's ERP in seconds (0 when it is healthy).",
+                             ["route"], registry=r)
+        self.in_flight_limit = Gauge("erp_sync_in_flight_limit",
+                                     "A route's concurrency limit: fixed, or found from its ERP's answers (auto).",
+                                     ["route"], registry=r)
+        self.circuit_open = Gauge("erp_sync_route_circuit_open",
+                                  "1 while a route's ERP is not ready for anyone (its shared backoff is open).",
+                                  ["route"], registry=r)
+        self.parked = Gauge("erp_sync_parked_records",
+                            "Records of a route waiting in the retry topic (on the partitions this process owns).",
+                            ["route"], registry=r)
+        self.parked_oldest_age = Gauge("erp_sync_parked_oldest_age_seconds",
+                                       "Age of a route's oldest parked record since its first failure, seconds.",
+                                       ["route"], registry=r)
+        self.retry_deadline = Gauge("erp_sync_retry_deadline_seconds",
+                                    "A route's ERP_SYNC_RETRY_DEADLINE_SECONDS: parked records older than this are "
+                                    "dead-lettered (RetryDeadlineExceeded).", ["route"], registry=r)
         self.commits = Counter("erp_sync_commits", "Offset commits by result.", ["result"], registry=r)
         self.rebalances = Counter("erp_sync_rebalances", "Rebalance events.", ["event"], registry=r)
         self.last_accepted = Gauge("erp_sync_last_accepted_timestamp_seconds",
@@ -121,62 +139,90 @@ class Metrics:
         self.build_info.labels(__version__, "compiled" if avro_v1.COMPILED else "interpreted").set(1)
 
         # pre-bound children for the hot path
-        self.pushed = self.messages.labels(topic, "pushed")
-        self.skipped = self.messages.labels(topic, "skipped")
-        self.dead_lettered = self.messages.labels(topic, "dead_lettered")
-        self.duplicate = self.messages.labels(topic, "duplicate")
-        self.already_done = self.messages.labels(topic, "already_done")
-        self._skipped_status = {status: self.skipped_by_status.labels(topic, status) for status in (*STATUSES, "other")}
-        self._skipped_other = self._skipped_status["other"]
+        self._outcomes: dict[tuple[str, str], Any] = {}
+        self.pushed = self.outcome(topic, "pushed")
+        self.skipped = self.outcome(topic, "skipped")
+        self.dead_lettered = self.outcome(topic, "dead_lettered")
+        self.duplicate = self.outcome(topic, "duplicate")
+        self.already_done = self.outcome(topic, "already_done")
+        self._skipped_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        for status in (*STATUSES, "other"):  # exported at 0 from the start, as the outcomes are
+            self.skipped_by_status.labels(topic, status)
+        for policy in ("dead-letter", "skip"):
+            self.unknown_status.labels(topic, policy)
         self.commit_ok = self.commits.labels("ok")
         self.commit_error = self.commits.labels("error")
-        self._request_children: dict[tuple[str, str], Any] = {}
+        self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self._cap_requests = _CodeCap()
         self._cap_dead = _CodeCap()
-        self._lag_children: dict[tuple[Gauge, int], Any] = {}
+        self._lag_children: dict[tuple[Gauge, str, int], Any] = {}
 
-    def erp_request(self, result: str, code: str, duration_s: float | None) -> None:
-        """Count one ERP request (thread-safe)."""
-        key = (result, code)
-        child = self._request_children.get(key)
+    def outcome(self, topic: str, outcome: str) -> Any:
+        """The ``erp_sync_messages_total`` child of a topic and outcome (cached)."""
+        child = self._outcomes.get((topic, outcome))
         if child is None:
-            child = self.erp_requests.labels(result, self._cap_requests(code))
-            self._request_children[key] = child
-        child.inc()
-        if duration_s is not None:
-            self.erp_duration.observe(duration_s)
+            child = self._outcomes[(topic, outcome)] = self.messages.labels(topic, outcome)
+        return child
 
-    def skip(self, status: str) -> None:
-        """Count one skipped record under its status (``other`` when outside v1: the label stays bounded)."""
-        self.skipped.inc()
-        self._skipped_status.get(status, self._skipped_other).inc()
+    def erp_request(self, result: str, code: str, duration_s: float | None, route: str = "default") -> None:
+        """Count one ERP request of a route (thread-safe)."""
+        key = (result, code, route)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (self.erp_requests.labels(result, self._cap_requests(code), route),
+                        self.erp_duration.labels(route))
+            self._request_children[key] = children
+        children[0].inc()
+        if duration_s is not None:
+            children[1].observe(duration_s)
+
+    def skip(self, topic: str, status: str) -> None:
+        """Count one skipped record of a topic under its status.
+
+        A status outside v1 is counted as ``other`` (the label stays bounded) and, being skipped by
+        ``ERP_SYNC_UNKNOWN_STATUS=skip``, as an unknown status too.
+        """
+        children = self._skipped_children.get((topic, status))
+        if children is None:
+            known = status in KNOWN_STATUSES
+            children = (self.skipped_by_status.labels(topic, status if known else "other"),
+                        None if known else self.unknown_status.labels(topic, "skip"))
+            self._skipped_children[(topic, status)] = children
+        self.outcome(topic, "skipped").inc()
+        children[0].inc()
+        if children[1] is not None:
+            children[1].inc()
+
+    def unknown_status_dead_lettered(self, topic: str) -> None:
+        """Count one record refused for a status outside v1 (``ERP_SYNC_UNKNOWN_STATUS=dead-letter``)."""
+        self.unknown_status.labels(topic, "dead-letter").inc()
 
     def dead_letter(self, error_class: str, code: str) -> None:
         """Count one confirmed dead letter."""
         self.dead_letters.labels(error_class, self._cap_dead(code)).inc()
         self.dead_lettered.inc()
 
-    def set_lag(self, partition: int, lag: int | None, lag_seconds: float | None,
+    def set_lag(self, topic: str, partition: int, lag: int | None, lag_seconds: float | None,
                 committed: int | None = None) -> None:
         """Set lag (messages), lag seconds and committed offset of one partition; None removes a series.
 
         Unknown is not zero: a partition whose high watermark was not read yet has no lag series.
         """
         for gauge, value in ((self.lag, lag), (self.lag_seconds, lag_seconds), (self.committed_offset, committed)):
-            key = (gauge, partition)
+            key = (gauge, topic, partition)
             child = self._lag_children.get(key)
             if value is None:
                 if child is not None:
                     del self._lag_children[key]
-                    gauge.remove(self.topic, str(partition))
+                    gauge.remove(topic, str(partition))
                 continue
             if child is None:
-                child = self._lag_children[key] = gauge.labels(self.topic, str(partition))
+                child = self._lag_children[key] = gauge.labels(topic, str(partition))
             child.set(value)
 
-    def drop_partition(self, partition: int) -> None:
+    def drop_partition(self, topic: str, partition: int) -> None:
         """Remove the per-partition series of a partition this consumer no longer owns."""
-        self.set_lag(partition, None, None, None)
+        self.set_lag(topic, partition, None, None, None)
 
 
 class Health:

@@ -70,6 +70,7 @@ class Settings(BaseSettings):
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     topic: str = Field(default="apaas.workflow.completed", min_length=1)
+    """The source topic, or several, comma-separated (see :attr:`topics`)."""
     group_id: str = Field(default="apaas-erp-sync", min_length=1)
     dlq_topic: str | None = Field(default=None, description="default <topic>.dlq")
     schema_registry_url: str | None = Field(default=None, repr=False)  # may carry credentials
@@ -109,13 +110,20 @@ class Settings(BaseSettings):
     retry_backoff_max_seconds: float = Field(default=60.0, gt=0)
     retry_after_max_seconds: float = Field(default=900.0, gt=0)
 
-    max_in_flight: int = Field(default=32, ge=1, le=1024)
+    max_in_flight: int | Literal["auto"] = "auto"
+    """Pushes at once per route: ``auto`` finds what the ERP sustains (delivery/concurrency.py); a number fixes it."""
+    max_in_flight_ceiling: int = Field(default=256, ge=1, le=4096)
     max_buffered_records: int = Field(default=5000, ge=1)
     max_value_bytes: int = Field(default=1_048_576, ge=1)
     commit_interval_seconds: float = Field(default=1.0, gt=0)
     shutdown_timeout_seconds: float = Field(default=20.0, gt=0, le=3600)
     lag_refresh_seconds: float = Field(default=5.0, gt=0)
     rejoin_timeout_seconds: float = Field(default=90.0, gt=0)
+
+    routes_file: Path | None = None
+    park_after_seconds: float = Field(default=60.0, ge=0)
+    retry_topic: str | None = Field(default=None, description="default <topic>.retry; 'none': no parking")
+    retry_deadline_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
 
     metrics_port: int = Field(default=8000, ge=0, le=65535)
     metrics_host: str = "0.0.0.0"
@@ -137,6 +145,33 @@ class Settings(BaseSettings):
 
     _split_lists = field_validator("erp_retry_codes", "erp_duplicate_codes", "erp_retry_http_statuses",
                                    "schema_registry_allow_incompatible", mode="before")(_split)
+
+    @field_validator("max_in_flight", mode="before")
+    @classmethod
+    def _in_flight(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            try:
+                number = int(value)
+            except ValueError:
+                raise ValueError(f"expected auto or a number of pushes from 1 to 1024, got {value!r}") from None
+            if not 1 <= number <= 1024:
+                raise ValueError(f"expected auto or a number of pushes from 1 to 1024, got {number}")
+            return number
+        return value
+
+    @field_validator("topic", mode="before")
+    @classmethod
+    def _topics(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            topics = [part.strip() for part in value.split(",")]
+            if not all(topics):
+                raise ValueError("an empty topic name in the list")
+            if len(set(topics)) != len(topics):
+                raise ValueError("a topic is listed twice")
+            return ",".join(topics)
+        return value
 
     @field_validator("kafka_bootstrap_servers", mode="before")
     @classmethod
@@ -166,8 +201,14 @@ class Settings(BaseSettings):
                 "ERP_SYNC_ERP_URL must not carry credentials (user:password@): URLs end up in logs; "
                 "put them in ERP_SYNC_ERP_AUTH_HEADER_VALUE or ERP_SYNC_ERP_AUTH_HEADER_VALUE_FILE"
             )
-        if self.dead_letter_topic == self.topic:
+        if self.dead_letter_topic in self.topics:
             raise ValueError("ERP_SYNC_DLQ_TOPIC must differ from ERP_SYNC_TOPIC (dead letters would be re-read)")
+        if self.retry_topic is not None and self.retry_topic.lower() != "none" and len(self.topics) > 1:
+            raise ValueError("ERP_SYNC_RETRY_TOPIC names one retry topic, but ERP_SYNC_TOPIC lists several: each "
+                             "source topic parks into <topic>.retry (leave ERP_SYNC_RETRY_TOPIC unset, or 'none')")
+        retries = [self.retry_topic_of(t) for t in self.topics]
+        if any(r is not None and (r in self.topics or r == self.dead_letter_topic) for r in retries):
+            raise ValueError("ERP_SYNC_RETRY_TOPIC must differ from ERP_SYNC_TOPIC and ERP_SYNC_DLQ_TOPIC")
         for var, header in (("ERP_SYNC_ERP_AUTH_HEADER_NAME", self.erp_auth_header_name),
                             ("ERP_SYNC_ERP_SIGNATURE_HEADER", self.erp_signature_header)):
             if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", header):
@@ -240,9 +281,41 @@ class Settings(BaseSettings):
         return frozenset(int(v) for v in self.erp_retry_http_statuses)
 
     @property
+    def adaptive_in_flight(self) -> bool:
+        """Whether each route finds its concurrency (``ERP_SYNC_MAX_IN_FLIGHT=auto``)."""
+        return self.max_in_flight == "auto"
+
+    @property
+    def in_flight_limit(self) -> int:
+        """The fixed concurrency, or the highest ``auto`` may reach (the connection pool's size)."""
+        return self.max_in_flight_ceiling if isinstance(self.max_in_flight, str) else self.max_in_flight
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """The source topics (``ERP_SYNC_TOPIC`` may list several, comma-separated)."""
+        return tuple(self.topic.split(","))
+
+    @property
+    def primary_topic(self) -> str:
+        """The first source topic: it names the default dead-letter topic; the tools read it."""
+        return self.topics[0]
+
+    @property
     def dead_letter_topic(self) -> str:
-        """The DLQ topic: ``ERP_SYNC_DLQ_TOPIC`` or ``<topic>.dlq``."""
-        return self.dlq_topic or f"{self.topic}.dlq"
+        """The DLQ topic: ``ERP_SYNC_DLQ_TOPIC`` or ``<first topic>.dlq``."""
+        return self.dlq_topic or f"{self.primary_topic}.dlq"
+
+    def retry_topic_of(self, topic: str) -> str | None:
+        """The retry topic a source topic parks into, or None when parking is off.
+
+        ``<topic>.retry``; ``ERP_SYNC_RETRY_TOPIC`` names it for a single source topic; ``none`` turns
+        parking off (records the ERP keeps answering *retry* then wait in place, as before).
+        """
+        if self.retry_topic is not None and self.retry_topic.lower() == "none":
+            return None
+        if self.retry_topic is not None and len(self.topics) == 1:
+            return self.retry_topic
+        return f"{topic}.retry"
 
     @property
     def dead_letter_max_bytes(self) -> int:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,13 +69,17 @@ def free_port() -> int:
 
 @dataclass
 class Broker:
-    """A Kafka broker for the tests. ``managed`` brokers can be stopped and started again."""
+    """A Kafka broker for the tests. ``managed`` brokers can be stopped and started again.
+
+    ``on_wipe`` ends an unmanaged broker the session started itself (a testcontainers container).
+    """
 
     bootstrap: str
     managed: bool
     port: int = 0
     data_dir: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    on_wipe: Callable[[], None] | None = None
 
     def _sh(self, *args: str, timeout: float = 180) -> None:
         subprocess.run(["bash", str(KAFKA_SH), *args], check=True, env=self.env, timeout=timeout,
@@ -92,9 +96,12 @@ class Broker:
         self._sh("stop")
 
     def wipe(self) -> None:
-        """Stop the broker and delete its data."""
+        """Stop the broker and delete its data (a container: remove it)."""
         if self.managed:
             self._sh("wipe")
+        elif self.on_wipe is not None:
+            on_wipe, self.on_wipe = self.on_wipe, None
+            on_wipe()
 
     def admin(self) -> AdminClient:
         """An admin client."""
@@ -102,10 +109,28 @@ class Broker:
 
 
 def start_broker(tmp_root: Path) -> Broker:
-    """Use ``KAFKA_BOOTSTRAP_SERVERS`` if set, else start a fresh local broker."""
+    """The session's broker: ``KAFKA_BOOTSTRAP_SERVERS`` if set; else a container through testcontainers
+    when a Docker-compatible engine answers (``DOCKER_HOST`` or the default socket; see dev/containers.py);
+    else a fresh local broker from the jars.
+
+    ``ERP_SYNC_TEST_KAFKA=container`` or ``=jars`` forces one of the last two (default ``auto``). In
+    ``auto``, an engine without the locally built default image falls back to the jars, saying so.
+    """
     given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if given:
         return Broker(given, managed=False)
+    mode = os.environ.get("ERP_SYNC_TEST_KAFKA", "auto")
+    if mode not in ("auto", "container", "jars"):
+        raise ValueError(f"ERP_SYNC_TEST_KAFKA must be auto, container or jars, not {mode!r}")
+    if mode != "jars":
+        from dev import containers
+
+        if mode == "container" or containers.engine_answers():
+            if mode == "auto" and containers.default_image_missing():
+                print(f"[harness] a container engine answers, but {containers.DEFAULT_IMAGE} is not built "
+                      "(dev/kafka-image.sh): Kafka from the local jars", file=sys.stderr)
+            else:
+                return containers.start_kafka_container()
     port = int(os.environ.get("ERP_SYNC_TEST_KAFKA_PORT") or free_port())
     data_dir = str(tmp_root / f"kafka-{port}")
     env = {**os.environ, "KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(free_port()),

@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# Installs what the project needs on a fresh machine, once: the virtualenv with the package and
-# its test extra, and the Debian tools the tests use (promtool/prometheus). Idempotent and quick
-# when nothing changed. Sourced or run by scripts/demo.sh and scripts/test.sh.
+# Installs what the project needs on a fresh machine, once: the virtualenv with the package, its test
+# extra and its build tools, exactly as pinned by uv.lock, and the Debian tools the tests use
+# (promtool/prometheus). Idempotent and quick when nothing changed. Run by scripts/demo.sh and
+# scripts/test.sh.
+#
+# uv (pinned in requirements/uv.txt, see scripts/uv.sh) installs from uv.lock with --locked: a
+# pyproject.toml edited without re-locking stops here (run scripts/lock.sh). The package is installed
+# editable and built without build isolation, by the locked hatchling + hatch-mypyc + mypy (the
+# `build` group), so the compiled hot path is the one the lock describes.
 set -euo pipefail
 ROOT="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)"
 PYTHON="${PYTHON:-python3}"
@@ -9,17 +15,23 @@ VENV="${ERP_SYNC_VENV:-$ROOT/.venv}"
 
 say() { printf '[bootstrap] %s\n' "$*" >&2; }
 
+UV="$(bash "$ROOT/scripts/uv.sh" --print-path)"
+export UV_SYSTEM_CERTS="${UV_SYSTEM_CERTS:-true}" UV_PYTHON_DOWNLOADS="${UV_PYTHON_DOWNLOADS:-never}"
+export UV_PROJECT_ENVIRONMENT="$VENV"
+
 if [[ ! -x "$VENV/bin/python" ]]; then
   say "creating virtualenv $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
 stamp="$VENV/.erp-sync-installed"
-# pyproject.toml and the modules mypyc compiles at install time (a changed source needs a rebuild)
-want="$(cat "$ROOT/pyproject.toml" "$ROOT/consumer/decode/avro_v1.py" | sha256sum | cut -d' ' -f1)"
+# the lock, pyproject.toml and the modules mypyc compiles at install time (a changed source needs a rebuild)
+want="$(cat "$ROOT/pyproject.toml" "$ROOT/uv.lock" "$ROOT/consumer/decode/avro_v1.py" | sha256sum | cut -d' ' -f1)"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
-  say "installing apaas-erp-sync and its test dependencies into $VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
+  say "installing apaas-erp-sync, its test extra and build tools into $VENV from uv.lock"
+  # --inexact: leave what else the venv holds (pip, bench/requirements.txt) in place
+  sync=("$UV" sync --project "$ROOT" --locked --inexact --extra test --group build --quiet)
+  "${sync[@]}" --no-install-project                     # 1. everything but the package, build tools included
+  "${sync[@]}" --no-build-isolation --reinstall-package apaas-erp-sync   # 2. the package, built by them
   echo "$want" > "$stamp"
 fi
 

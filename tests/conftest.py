@@ -1,12 +1,16 @@
 """Shared fixtures: one real Kafka broker per test session, a real HTTP ERP stub per test.
 
-``KAFKA_BOOTSTRAP_SERVERS`` set → the tests use that cluster; otherwise they start a single-node
-KRaft broker from the Apache Kafka jars (``dev/kafka.sh``) on a free port with a fresh
-data directory, and stop it at the end.
+``KAFKA_BOOTSTRAP_SERVERS`` set → the tests use that cluster. Otherwise, when a Docker-compatible
+engine answers (``DOCKER_HOST`` or the default socket), the broker is a container started through
+testcontainers (``dev/containers.py``; ``scripts/test-testcontainers.sh`` runs the integration tests
+that way through podman); else a single-node KRaft broker from the Apache Kafka jars
+(``dev/kafka.sh``) on a free port with a fresh data directory. Either is removed at the end.
+``ERP_SYNC_TEST_KAFKA=container|jars`` forces one (dev/harness.py ``start_broker``).
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +30,7 @@ def broker() -> Iterator[Broker]:
         yield b
     finally:
         b.wipe()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -32,7 +32,6 @@ from __future__ import annotations
 import copy
 import io
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -55,8 +54,6 @@ KNOWN_STATUSES = frozenset(STATUSES)
 """The v1 ``WorkflowStatus`` symbols."""
 
 UnknownStatusPolicy = Literal["dead-letter", "skip"]
-UnknownStatusHook = Callable[[str, int], None]
-"""Called with ``(symbol, schema id)`` for every record whose status is outside v1 (the run counts them)."""
 
 _warned_statuses: set[str] = set()
 """Status symbols outside v1 already logged by this process (one warning per symbol)."""
@@ -84,22 +81,18 @@ class Decoder:
             or ``skip``.
         allow_incompatible: registry schema ids read although they change a v1 field's meaning; None:
             every id.
-        on_unknown_status: called per record whose status is outside v1, with the symbol and schema id.
     """
 
-    __slots__ = ("allow_incompatible", "max_value_bytes", "on_unknown_status", "unknown_status",
-                 "writer_schema_lookup", "_writers")
+    __slots__ = ("allow_incompatible", "max_value_bytes", "unknown_status", "writer_schema_lookup", "_writers")
 
     def __init__(self, max_value_bytes: int | None = None,
                  writer_schema_lookup: WriterSchemaLookup | None = None, *,
                  unknown_status: UnknownStatusPolicy = "dead-letter",
-                 allow_incompatible: frozenset[int] | None = frozenset(),
-                 on_unknown_status: UnknownStatusHook | None = None) -> None:
+                 allow_incompatible: frozenset[int] | None = frozenset()) -> None:
         self.max_value_bytes = max_value_bytes
         self.writer_schema_lookup = writer_schema_lookup
         self.unknown_status = unknown_status
         self.allow_incompatible = allow_incompatible
-        self.on_unknown_status = on_unknown_status
         self._writers: dict[int, _Writer] = {}
 
     def __call__(self, value: bytes | None) -> Event:
@@ -204,7 +197,7 @@ class Decoder:
         return plan
 
     def _unknown_status(self, symbol: str, schema_id: int) -> None:
-        """A status outside v1: warn once per symbol, count, then refuse or let it be skipped."""
+        """A status outside v1: warn once per symbol, then refuse it or let it be skipped (and counted)."""
         if symbol not in _warned_statuses:
             _warned_statuses.add(symbol)
             log.warning("status %s (writer schema id %d) is not a v1 status (%s): its records are %s "
@@ -213,8 +206,6 @@ class Decoder:
                         self.unknown_status,
                         extra={"event": "unknown_status", "status": symbol, "schema_id": schema_id,
                                "policy": self.unknown_status})
-        if self.on_unknown_status is not None:
-            self.on_unknown_status(symbol, schema_id)
         if self.unknown_status == "dead-letter":
             raise ValidationError(
                 "UnknownStatus", f"status {symbol} (writer schema id {schema_id}) is not one of v1's "

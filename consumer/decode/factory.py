@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .decoder import Decoder, UnknownStatusHook
+from .decoder import Decoder
 from .registry import registry_client_config, registry_lookup
 
 if TYPE_CHECKING:
     from ..settings import Settings
 
 
-def decoder_for(settings: Settings, on_unknown_status: UnknownStatusHook | None = None) -> Decoder:
+def decoder_for(settings: Settings) -> Decoder:
     """The decoder the settings describe.
 
     ``ERP_SYNC_MAX_VALUE_BYTES``; the schema registry (``ERP_SYNC_SCHEMA_REGISTRY_*``: URL, basic auth,
@@ -23,7 +23,6 @@ def decoder_for(settings: Settings, on_unknown_status: UnknownStatusHook | None 
 
     Args:
         settings: the configuration.
-        on_unknown_status: called once per record whose status is outside v1 (the run counts them).
 
     Raises:
         ConfigError: a registry secret file cannot be read.
@@ -33,4 +32,4 @@ def decoder_for(settings: Settings, on_unknown_status: UnknownStatusHook | None 
         conf = registry_client_config(settings)
         lookup = registry_lookup(conf.pop("url"), conf)
     return Decoder(settings.max_value_bytes, lookup, unknown_status=settings.unknown_status,
-                   allow_incompatible=settings.incompatible_schemas_allowed, on_unknown_status=on_unknown_status)
+                   allow_incompatible=settings.incompatible_schemas_allowed)

@@ -58,6 +58,10 @@ H_REPLAYS = "erp_sync.replays"
 H_VALUE_OMITTED = "erp_sync.value.omitted"
 """Set when the dead-letter topic refused the letter for its size: ``<bytes> bytes: <broker's reason>``; the
 value is left out and ``dlq replay`` reads it from ``erp_sync.original.*`` while retention keeps it."""
+H_ROUTE = "erp_sync.route"
+"""A parked record's (and its dead letter's) route."""
+H_FIRST_FAILURE = "erp_sync.first_failure"
+"""When a parked record first failed, Unix ms: its retry deadline counts from there."""
 TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
 """Kafka's answers for a message larger than the topic (or the producer) allows."""
 MAX_MESSAGE_HEADER_BYTES = 2000
@@ -108,6 +112,38 @@ def dead_letter_headers(msg: Message, error: RecordError, attempts: int) -> Head
         (H_TIMESTAMP, str(ts if ts_type else -1).encode()),
         *error_headers(error, attempts),
     ]
+
+
+def parked_headers(msg: Message, route: str, attempts: int, first_failure_ms: int, last: RecordError | None) -> Headers:
+    """A parked record's headers.
+
+    The original ones, ``erp_sync.original.*``, its route, when it first failed
+    (``erp_sync.first_failure``, Unix ms), the attempts so far, and the last *retry* answer as
+    ``erp_sync.error.*``.
+    """
+    ts_type, ts = msg.timestamp()
+    headers: Headers = [
+        *headers_of(msg),
+        (H_TOPIC, str(msg.topic()).encode()),
+        (H_PARTITION, str(msg.partition()).encode()),
+        (H_OFFSET, str(msg.offset()).encode()),
+        (H_TIMESTAMP, str(ts if ts_type else -1).encode()),
+        (H_ROUTE, route.encode()),
+        (H_FIRST_FAILURE, str(first_failure_ms).encode()),
+    ]
+    if last is not None:
+        return [*headers, *error_headers(last, attempts)]
+    return [*headers, (H_ATTEMPTS, str(attempts).encode())]
+
+
+def dead_letter_headers_of_parked(parked: Message, error: RecordError, attempts: int) -> Headers:
+    """The headers of a parked record's dead letter.
+
+    Its original headers, ``erp_sync.original.*``, route and first failure as parked, then the new
+    error (``RetryDeadlineExceeded`` or the ERP's reject).
+    """
+    kept = [(k, v) for k, v in headers_of(parked) if k not in ERROR_HEADERS]
+    return [*kept, *error_headers(error, attempts)]
 
 
 def rewritten_headers(letter: Message, error: RecordError, attempts: int, replays: int) -> Headers:
@@ -172,34 +208,57 @@ class DeadLetter:
     last_error: str = field(default="")
     value_omitted: int | None = None
     """The size in bytes of the value left out (the dead-letter topic refused it), else None."""
+    target_topic: str | None = None
+    """Where it is written, when not the writer's topic (a parked record's retry topic)."""
+    target_partition: int | None = None
+    """The partition it is written to (a parked record goes to its source partition's number)."""
 
 
 class DeadLetterWriter:
-    """Writes dead letters and retries them until the broker confirms. Poll-loop thread only.
+    """Writes dead letters (or parked records) and retries them until the broker confirms. Poll-loop thread only.
 
     Args:
         producer: the Kafka producer (``acks=all`` recommended); the caller builds it.
-        topic: the dead-letter topic.
+        topic: the dead-letter topic (a letter may name another: :attr:`DeadLetter.target_topic`).
         on_confirmed: called with each confirmed dead letter (metrics, logs).
+        omit_too_large: a letter the topic refuses for its size is written without its value (dead
+            letters); when False it is retried like any failure (parked records must keep their value).
+        what: what a letter is, in log lines.
     """
 
     def __init__(self, producer: DeadLetterProducer, topic: str,
-                 on_confirmed: Callable[[DeadLetter], None] | None = None) -> None:
+                 on_confirmed: Callable[[DeadLetter], None] | None = None, omit_too_large: bool = True,
+                 what: str = "dead letter") -> None:
         self.topic = topic
         self._producer = producer
         self.on_confirmed = on_confirmed
+        self.omit_too_large = omit_too_large
+        self.what = what
         self._retry_heap: list[tuple[float, int, DeadLetter]] = []
         self._seq = itertools.count()
         self._failure_log = Throttle(FAILURE_LOG_EVERY_S)
         self.pending = 0
 
     def send(self, msg: Message, error: RecordError, attempts: int,
-             on_done: Callable[[DeadLetter], None], cancelled: Callable[[], bool] | None = None) -> DeadLetter:
-        """Queue a dead letter for ``msg``; ``on_done`` runs after the broker confirmed it."""
+             on_done: Callable[[DeadLetter], None], cancelled: Callable[[], bool] | None = None,
+             headers: Headers | None = None, topic: str | None = None, partition: int | None = None) -> DeadLetter:
+        """Queue a letter for ``msg``; ``on_done`` runs after the broker confirmed it.
+
+        Args:
+            msg: the record (its key and value are written as they are).
+            error: why it is dead (or, for a parked record, why it waits).
+            attempts: ERP attempts made.
+            on_done: called once, after the broker's acknowledgement.
+            cancelled: see :attr:`DeadLetter.cancelled`.
+            headers: the headers to write (default: :func:`dead_letter_headers`).
+            topic: where to write (default: the writer's topic).
+            partition: the partition to write to (default: the producer's partitioner).
+        """
         ts_type, ts = msg.timestamp()
         letter = DeadLetter(str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0),
                             ts if ts_type else -1, msg.key(), msg.value(),
-                            dead_letter_headers(msg, error, attempts), error, attempts, on_done, cancelled)
+                            headers if headers is not None else dead_letter_headers(msg, error, attempts), error,
+                            attempts, on_done, cancelled, target_topic=topic, target_partition=partition)
         self.pending += 1
         self._produce(letter)
         return letter
@@ -209,24 +268,25 @@ class DeadLetterWriter:
             if err is None:
                 self.pending -= 1
                 if letter.failures:
-                    log.info("dead letter written after %d failed attempts", letter.failures,
-                             extra=_fields(letter, event="dead_letter_recovered"))
+                    log.info("%s written after %d failed attempts", self.what, letter.failures,
+                             extra=_fields(letter, event=self.what.replace(" ", "_") + "_recovered"))
                 letter.on_done(letter)
                 if self.on_confirmed is not None:
                     self.on_confirmed(letter)
-            elif err.code() in TOO_LARGE and letter.value is not None:
+            elif err.code() in TOO_LARGE and letter.value is not None and self.omit_too_large:
                 self._omit_value(letter, f"{err.name()}: {err.str()}")
             else:
                 self._failed(letter, f"{err.name()}: {err.str()}")
 
+        extra: dict[str, Any] = {} if letter.target_partition is None else {"partition": letter.target_partition}
         try:
-            self._producer.produce(self.topic, key=letter.key, value=letter.value,
-                                   headers=list(letter.headers), on_delivery=delivered)
+            self._producer.produce(letter.target_topic or self.topic, key=letter.key, value=letter.value,
+                                   headers=list(letter.headers), on_delivery=delivered, **extra)
         except BufferError:
             self._failed(letter, "local producer queue is full")
         except KafkaException as exc:  # e.g. larger than the producer's message.max.bytes
             err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-            if err is not None and err.code() in TOO_LARGE and letter.value is not None:
+            if err is not None and err.code() in TOO_LARGE and letter.value is not None and self.omit_too_large:
                 self._omit_value(letter, f"{err.name()}: {err.str()}")
             else:
                 self._failed(letter, error_text(exc))
@@ -251,9 +311,10 @@ class DeadLetterWriter:
         delay = min(RETRY_MAX_S, RETRY_INITIAL_S * 2 ** min(letter.failures - 1, 10))
         held = self._failure_log.allow(reason)
         if held is not None:  # one line per cause per period, not one per letter
-            log.error("cannot write dead letter to %s (%s); source offset stays uncommitted; retry in %.0f s "
-                      "(%d dead letters pending, %d similar failures not logged)", self.topic, reason, delay,
-                      self.pending, held, extra=_fields(letter, event="dead_letter_failed"))
+            log.error("cannot write %s to %s (%s); source offset stays uncommitted; retry in %.0f s "
+                      "(%d pending, %d similar failures not logged)", self.what, letter.target_topic or self.topic,
+                      reason, delay, self.pending, held,
+                      extra=_fields(letter, event=self.what.replace(" ", "_") + "_failed"))
         heapq.heappush(self._retry_heap, (time.monotonic() + delay, next(self._seq), letter))
 
     def poll(self) -> None:

@@ -17,6 +17,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -28,8 +29,11 @@ log = logging.getLogger(__name__)
 class KeyedDispatcher(Generic[T]):
     """Runs ``await handler(task)`` for submitted tasks with per-key serial order.
 
+    A task runs holding a slot of its limiter: the one given to :meth:`submit` (a route's own
+    concurrency, so one route's waiting pushes never hold another's slots), else the dispatcher's.
+
     Args:
-        max_in_flight: tasks running at once (a semaphore over all keys).
+        max_in_flight: tasks running at once when no limiter is given (a semaphore over all keys).
         handler: a coroutine function running one task; it should not raise (exceptions are
             passed to ``on_error``, and the key's next task still runs).
         on_error: called with ``(task, exception)`` if ``handler`` raised.
@@ -40,10 +44,10 @@ class KeyedDispatcher(Generic[T]):
         self._handler = handler
         self._on_error = on_error
         self._max_in_flight = max_in_flight
-        self._queues: dict[Hashable, deque[T]] = {}
+        self._queues: dict[Hashable, deque[tuple[T, AbstractAsyncContextManager[Any] | None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.loop = asyncio.new_event_loop()
-        self._semaphore: asyncio.Semaphore | None = None
+        self._semaphore: AbstractAsyncContextManager[Any] | None = None
         self._thread = threading.Thread(target=self._run_loop, name="erp-push-loop", daemon=True)
         self._started = threading.Event()
         self.running = 0
@@ -63,24 +67,27 @@ class KeyedDispatcher(Generic[T]):
         """Run a coroutine on the loop thread and wait for its result (setup and teardown)."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
 
-    def submit(self, key: Hashable, task: T) -> None:
-        """Queue ``task`` behind earlier tasks of ``key`` (thread-safe; returns at once)."""
-        self.loop.call_soon_threadsafe(self._enqueue, key, task)
+    def submit(self, key: Hashable, task: T, limiter: AbstractAsyncContextManager[Any] | None = None) -> None:
+        """Queue ``task`` behind earlier tasks of ``key`` (thread-safe; returns at once).
 
-    def _enqueue(self, key: Hashable, task: T) -> None:
+        ``limiter``: the concurrency it runs under (None: the dispatcher's ``max_in_flight``).
+        """
+        self.loop.call_soon_threadsafe(self._enqueue, key, task, limiter)
+
+    def _enqueue(self, key: Hashable, task: T, limiter: AbstractAsyncContextManager[Any] | None) -> None:
         queue = self._queues.get(key)
         if queue is not None:
-            queue.append(task)
+            queue.append((task, limiter))
             return
         self._queues[key] = deque()
-        chain = self.loop.create_task(self._run_chain(key, task))
+        chain = self.loop.create_task(self._run_chain(key, task, limiter))
         self._tasks.add(chain)
         chain.add_done_callback(self._tasks.discard)
 
-    async def _run_chain(self, key: Hashable, task: T) -> None:
+    async def _run_chain(self, key: Hashable, task: T, limiter: AbstractAsyncContextManager[Any] | None) -> None:
         assert self._semaphore is not None
         while True:
-            async with self._semaphore:
+            async with limiter or self._semaphore:
                 self.running += 1
                 try:
                     await self._handler(task)
@@ -97,7 +104,7 @@ class KeyedDispatcher(Generic[T]):
             if not queue:
                 del self._queues[key]
                 return
-            task = queue.popleft()
+            task, limiter = queue.popleft()
 
     @property
     def busy_keys(self) -> int:

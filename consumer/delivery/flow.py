@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from confluent_kafka import KafkaException, TopicPartition
@@ -63,6 +64,37 @@ class Backpressure:
         self.metrics = metrics
         self._errors = errors
         self.paused = False
+        self.held: set[TP] = set()
+        """Partitions held whatever the load (their parked records are being scanned)."""
+        self.under_pressure = False
+        """Set by :meth:`update` (poll loop) for the push event loop: half the buffer is used."""
+
+    def hold(self, consumer: PausingConsumer, tps: list[TP]) -> None:
+        """Pause these partitions until :meth:`unhold` (the backpressure's resume leaves them paused)."""
+        new = [tp for tp in tps if tp not in self.held]
+        self.held.update(new)
+        if new:
+            self._call(consumer.pause, new)
+
+    def unhold(self, consumer: PausingConsumer, tps: list[TP]) -> None:
+        """Let held partitions move again (unless the backpressure pauses everything)."""
+        freed = [tp for tp in tps if tp in self.held]
+        self.held.difference_update(freed)
+        if freed and not self.paused:
+            self._call(consumer.resume, freed)
+
+    def _call(self, operation: Callable[[list[TopicPartition]], None], tps: list[TP]) -> None:
+        try:
+            operation([TopicPartition(t, p) for t, p in tps])
+        except KafkaException as exc:
+            self._errors.warning(log, "pause", "pause/resume failed: %s", exc, event="kafka_error", error_key="pause")
+
+    def pressure(self) -> bool:
+        """Whether the unfinished records fill half the buffer (parking of a failing route's records starts).
+
+        Thread-safe: a flag the poll loop sets at each :meth:`update`.
+        """
+        return self.under_pressure
 
     def room(self) -> int:
         """How many more records may be fetched before the limit (at least 0)."""
@@ -71,6 +103,7 @@ class Backpressure:
     def update(self, consumer: PausingConsumer) -> None:
         """Pause at the limit, resume at half of it (the trigger and the resume)."""
         load = max(self.assignment.unfinished, self.assignment.tracked // TRACKED_FACTOR)
+        self.under_pressure = load >= self.limit // 2
         if not self.paused and load >= self.limit:
             self._set(consumer, True)
         elif self.paused and load <= self.limit // 2:
@@ -78,7 +111,9 @@ class Backpressure:
 
     def release(self, consumer: PausingConsumer, partitions: list[TopicPartition], stopping: bool) -> None:
         """Partitions leave (revoke, loss): clear their pause flag, which librdkafka keeps across re-assignment."""
-        if self.paused and not stopping:
+        held = {(tp.topic, tp.partition) for tp in partitions} & self.held
+        self.held -= held
+        if (self.paused or held) and not stopping:
             try:
                 consumer.resume(partitions)
             except KafkaException as exc:
@@ -96,7 +131,7 @@ class Backpressure:
             if paused:
                 consumer.pause(assignment)
             else:
-                consumer.resume(assignment)
+                consumer.resume([tp for tp in assignment if (tp.topic, tp.partition) not in self.held])
         except KafkaException as exc:
             self._errors.warning(log, "pause", "pause/resume failed: %s", exc, event="kafka_error", error_key="pause")
             return
@@ -113,7 +148,7 @@ class WatermarkSource(Protocol):
     ok: bool
     failures: int
     error: str
-    retention_s: float | None
+    retention: dict[str, float]
 
     def start(self) -> None:
         """Start reading (on its own thread)."""
@@ -133,7 +168,7 @@ class StaticWatermarks:
         self.ok = False
         self.failures = 0
         self.error = ""
-        self.retention_s: float | None = None
+        self.retention: dict[str, float] = {}
 
     def start(self) -> None:
         """Nothing to start."""
@@ -155,7 +190,6 @@ class LagReporter:
         watermarks: the high watermarks, read on their own thread.
         metrics: the gauges.
         health: told the broker answers when a watermark query succeeded.
-        topic: the source topic (label of the retention gauge).
         every_s: seconds between two updates.
     """
 
@@ -163,10 +197,9 @@ class LagReporter:
     watermarks: WatermarkSource
     metrics: Metrics
     health: Health
-    topic: str
     every_s: float
     _next: float = 0.0
-    _retention_s: float | None = None
+    _retention: dict[str, float] = field(default_factory=dict)
 
     def maybe_update(self, now: float) -> bool:
         """Whether an update is due at ``now`` (monotonic seconds); schedules the next one."""
@@ -197,17 +230,17 @@ class LagReporter:
                 lag_s = time.monotonic() - state.caught_up_at
             else:
                 lag_s = 0.0
-            self.metrics.set_lag(state.partition, lag, lag_s, committed)
+            self.metrics.set_lag(state.topic, state.partition, lag, lag_s, committed)
         if self.watermarks.ok:
             self.health.broker_up = True
         elif self.watermarks.failures >= BROKER_DOWN_AFTER_FAILURES:
             self.health.broker_up = False
             self.health.reason = self.watermarks.error
         self.metrics.broker_up.set(1 if self.health.broker_up else 0)
-        retention = self.watermarks.retention_s
-        if retention is not None and retention != self._retention_s:
-            self._retention_s = retention
-            self.metrics.retention.labels(self.topic).set(retention)
+        for topic, retention in list(self.watermarks.retention.items()):
+            if self._retention.get(topic) != retention:
+                self._retention[topic] = retention
+                self.metrics.retention.labels(topic).set(retention)
 
 
 def idle_for(assignment: Assignment, paused: bool, dead_letters_pending: int, outstanding: int,

@@ -17,11 +17,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Hashable
 
-from ..erp.client import ErpClient
 from .dispatch import KeyedDispatcher
-from .push import Pusher, PushResult
+from .endpoints import Endpoints
+from .parking import Parking
+from .push import NO_BUDGET, PARK, Budget, PushResult
 from .settle import Record, Settler, disposition_of
 
 log = logging.getLogger(__name__)
@@ -31,15 +33,18 @@ class InFlight:
     """The push side of the loop.
 
     Args:
-        max_in_flight: pushes running at once (``ERP_SYNC_MAX_IN_FLIGHT``).
-        pusher: the push routine with its ERP client, backoff and rate limit.
+        max_in_flight: pushes running at once for records without an endpoint's limiter.
+        endpoints: the routes' endpoints (each record carries its own).
         settler: where results are settled.
         stopping: True once the loop is stopping.
+        parking: the parking rules (None: parking off).
     """
 
-    def __init__(self, max_in_flight: int, pusher: Pusher, settler: Settler, stopping: Callable[[], bool]) -> None:
-        self.pusher = pusher
+    def __init__(self, max_in_flight: int, endpoints: Endpoints, settler: Settler, stopping: Callable[[], bool],
+                 parking: Parking | None = None) -> None:
+        self.endpoints = endpoints
         self.settler = settler
+        self.parking = parking
         self._stopping = stopping
         self._abandon = threading.Event()
         self._results: queue.SimpleQueue[tuple[Record, PushResult]] = queue.SimpleQueue()
@@ -55,9 +60,12 @@ class InFlight:
         self.dispatcher.start()
 
     def submit(self, record: Record, key: Hashable) -> None:
-        """Push ``record`` after the earlier records of ``key``; it is outstanding until settled."""
+        """Push ``record`` after the earlier records of ``key``, under its route's concurrency.
+
+        It is outstanding until settled.
+        """
         self.settler.submitted(record)
-        self.dispatcher.submit(key, record)
+        self.dispatcher.submit(key, record, record.endpoint.limiter if record.endpoint is not None else None)
 
     def settle_results(self, block_s: float = 0.0) -> None:
         """Settle every result handed back (waiting up to ``block_s`` seconds for the first)."""
@@ -67,7 +75,8 @@ class InFlight:
             return
         while True:
             disposition, error = disposition_of(result)
-            self.settler.settle(record, disposition, error=error, attempts=result.attempts, pushed=True)
+            self.settler.settle(record, disposition, error=error, attempts=result.attempts, pushed=True,
+                                first_failure_ms=result.first_failure_ms)
             try:
                 record, result = self._results.get_nowait()
             except queue.Empty:
@@ -77,10 +86,10 @@ class InFlight:
         """The shutdown deadline passed: every push still waiting gives up."""
         self._abandon.set()
 
-    def close(self, erp: ErpClient) -> None:
-        """Close the ERP connection pool and stop the push event loop (without waiting for hung requests)."""
+    def close(self) -> None:
+        """Close the ERP connection pools and stop the push event loop (without waiting for hung requests)."""
         try:
-            self.dispatcher.call(erp.aclose(), timeout_s=2.0)
+            self.dispatcher.call(self.endpoints.aclose(), timeout_s=2.0)
         except Exception:  # noqa: BLE001 - hung requests: the process exits anyway
             pass
         self.dispatcher.shutdown(wait=False, timeout_s=1.0)
@@ -88,11 +97,35 @@ class InFlight:
     def _cancelled(self, record: Record) -> bool:
         if record.partition.cancelled or self._abandon.is_set():
             return True
-        return self._stopping() and self.pusher.backoff.failures > 0
+        return self._stopping() and record.endpoint is not None and record.endpoint.backoff.failures > 0
 
     async def _push(self, record: Record) -> None:
-        result = await self.pusher.push(record.body, record.idempotency_key, lambda: self._cancelled(record), record,
-                                        stop_retrying=self._stopping)
+        endpoint = record.endpoint
+        assert endpoint is not None
+        budget = NO_BUDGET
+        parking = self.parking
+        index = parking.index_of(record.partition) if parking is not None else None
+        if index is not None and parking is not None:
+            if record.parked_from is not None:  # a parked record: tried until its deadline
+                budget = Budget(first_failure_ms=record.first_failure_ms or None, deadline_s=endpoint.retry_deadline_s)
+            else:
+                reason = parking.reason(record.partition, record.key, endpoint)
+                if reason:  # decided at its turn in its key's order, so later records of the key follow it
+                    record.park_reason = reason
+                    now_ms = int(time.time() * 1000)
+                    index.add(record.key, endpoint.name, now_ms)
+                    self._results.put((record, PushResult(None, 0, None, PARK, now_ms)))
+                    return
+
+                def park_now() -> bool:  # its route stopped being ready while it waited
+                    record.park_reason = parking.route_reason(endpoint)
+                    return bool(record.park_reason)
+
+                budget = Budget(park_after_s=endpoint.park_after_s, park_now=park_now)
+        result = await endpoint.pusher.push(record.body, record.idempotency_key, lambda: self._cancelled(record),
+                                            record, stop_retrying=self._stopping, budget=budget)
+        if result.ended == PARK and index is not None:
+            index.add(record.key, endpoint.name, result.first_failure_ms or int(time.time() * 1000))
         self._results.put((record, result))
 
     def _crashed(self, record: Record, exc: BaseException) -> None:

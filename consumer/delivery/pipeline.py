@@ -28,19 +28,19 @@ from prometheus_client import CollectorRegistry
 
 from .. import transform
 from ..decode import Decoder, avro_v1, decoder_for
-from ..erp.client import ErpClient
 from ..errors import RecordError, ValidationError
 from ..logs import Throttle
 from ..metrics import Health, Metrics
+from ..routes import load_routes
 from ..settings import Settings, redact_url
 from .commit import Committer
-from .dead_letters import DeadLetterProducer, DeadLetterWriter
+from .dead_letters import H_ATTEMPTS, DeadLetterProducer, DeadLetterWriter, headers_of, int_header, read_headers
+from .endpoints import Endpoints
 from .flow import Backpressure, LagReporter, StaticWatermarks, WatermarkSource, idle_for
 from .inflight import InFlight
+from .parking import Parking, parked_identity
 from .partitions import TP, Assignment, PartitionState
-from .push import Pusher, PushLog
 from .rebalance import Rebalancer
-from .retry import RateLimiter, SharedBackoff
 from .settle import Disposition, Record, RunStats, Settler
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class Pipeline:
                  erp_transport: httpx.AsyncBaseTransport | None = None, watermarks: WatermarkSource | None = None,
                  decoder: Decoder | None = None, metrics: Metrics | None = None, health: Health | None = None) -> None:
         self.settings = settings
-        self.metrics = metrics or Metrics(settings.topic, CollectorRegistry())
+        self.metrics = metrics or Metrics(settings.primary_topic, CollectorRegistry())
         self.health = health or Health()
         self.stats = RunStats()
         self.assignment = Assignment()
@@ -82,26 +82,29 @@ class Pipeline:
         self._last_activity = time.monotonic()
         self._errors = Throttle(KAFKA_ERROR_LOG_EVERY_S)
 
-        unknown_status = self.metrics.unknown_status.labels(settings.topic, settings.unknown_status)
-        self.decoder = decoder or decoder_for(settings, on_unknown_status=lambda _symbol, _id: unknown_status.inc())
-        self.erp = ErpClient(settings, max_connections=settings.max_in_flight, transport=erp_transport)
-        self.backoff = SharedBackoff(settings.retry_backoff_initial_seconds, settings.retry_backoff_max_seconds,
-                                     settings.retry_after_max_seconds, on_change=self.metrics.backoff.set)
-        rate = RateLimiter(settings.erp_max_requests_per_second) if settings.erp_max_requests_per_second else None
+        self.decoder = decoder or decoder_for(settings)
+        self.routes = load_routes(settings)
+        self.endpoints = Endpoints(self.routes, self.metrics, erp_transport)
+        self.backpressure = Backpressure(self.assignment, settings.max_buffered_records, self.metrics, self._errors)
+        conf = settings.consumer_config()
+        self.parking = Parking(settings, self.endpoints, self.backpressure.pressure,
+                               {**conf, "group.id": f"{settings.group_id}.parked-scan", "enable.auto.commit": False,
+                                "enable.partition.eof": True, "logger": logging.getLogger("librdkafka.consumer")},
+                               consumer_factory)
         self.dead_letters = DeadLetterWriter(producer, settings.dead_letter_topic)
-        self.settler = Settler(self.metrics, self.dead_letters, self.stats)
-        self.in_flight = InFlight(settings.max_in_flight, Pusher(self.erp, self.backoff, rate,
-                                                                 PushLog(self.metrics, log)),
-                                  self.settler, stopping=self._stop.is_set)
+        self.parker = DeadLetterWriter(producer, settings.dead_letter_topic, omit_too_large=False,
+                                       what="parked record")
+        self.settler = Settler(self.metrics, self.dead_letters, self.stats, self.parker, self.parking)
+        self.in_flight = InFlight(settings.in_flight_limit, self.endpoints, self.settler, stopping=self._stop.is_set,
+                                  parking=self.parking)
         self.committer = Committer(self.assignment, self.metrics, self.stats, settings.commit_interval_seconds,
                                    self._errors)
-        self.backpressure = Backpressure(self.assignment, settings.max_buffered_records, self.metrics, self._errors)
         self.watermarks = watermarks or StaticWatermarks()
-        self.lag = LagReporter(self.assignment, self.watermarks, self.metrics, self.health, settings.topic,
+        self.lag = LagReporter(self.assignment, self.watermarks, self.metrics, self.health,
                                min(1.0, settings.lag_refresh_seconds))
         self.rebalance = Rebalancer(self, self.assignment, self.backpressure, self.watermarks, self.metrics,
-                                    self.health, settings.shutdown_timeout_seconds, settings.rejoin_timeout_seconds)
-        conf = settings.consumer_config()
+                                    self.health, settings.shutdown_timeout_seconds, settings.rejoin_timeout_seconds,
+                                    parking=self.parking)
         conf.update(error_cb=self._on_kafka_error, on_commit=self.committer.on_commit,
                     logger=logging.getLogger("librdkafka.consumer"))
         self._consumer_conf = conf
@@ -141,9 +144,12 @@ class Pipeline:
         s = self.settings
         self.watermarks.start()
         self.in_flight.start()
+        self._check_retry_topics()
         self._subscribe()
-        log.info("consuming %s as group %s; ERP %s; dead letters to %s; Avro reader %s", s.topic, s.group_id,
-                 redact_url(s.erp_url), s.dead_letter_topic,
+        routes = "; ".join(f"{r.name} → {redact_url(r.settings.erp_url)}" for r in self.routes.routes)
+        parked = ", ".join(f"{t} → {r}" for t, r in self.parking.retry_of.items()) or "off"
+        log.info("consuming %s as group %s; routes: %s; dead letters to %s; parking: %s; Avro reader %s", s.topic,
+                 s.group_id, routes, s.dead_letter_topic, parked,
                  "compiled" if avro_v1.COMPILED else "interpreted (slower: built without mypyc)",
                  extra={"event": "started"})
         self.health.started = True
@@ -154,6 +160,8 @@ class Pipeline:
             self._handle(msg)
         self.in_flight.settle_results()
         self.dead_letters.poll()
+        self.parker.poll()
+        self.rebalance.release_loaded()
         now = time.monotonic()
         self.committer.maybe_commit(self.consumer, now)
         if self.lag.maybe_update(now):
@@ -164,12 +172,42 @@ class Pipeline:
     def idle_for(self) -> float:
         """Seconds idle: 0 unless assigned, every partition at its end and nothing unfinished."""
         last = max(self._last_activity, self.rebalance.last_assigned or 0.0)
-        return idle_for(self.assignment, self.backpressure.paused, self.dead_letters.pending,
+        return idle_for(self.assignment, self.backpressure.paused, self.dead_letters.pending + self.parker.pending,
                         self.settler.outstanding, last, time.monotonic())
 
     def _subscribe(self) -> None:
-        self.consumer.subscribe([self.settings.topic], on_assign=self.rebalance.on_assign,
+        self.consumer.subscribe([*self.settings.topics, *self.parking.topics], on_assign=self.rebalance.on_assign,
                                 on_revoke=self.rebalance.on_revoke, on_lost=self.rebalance.on_lost)
+
+    def _check_retry_topics(self) -> None:
+        """Turn parking on for each source topic whose retry topic exists with as many partitions."""
+        wanted = self.parking.wanted
+        if not wanted:
+            return
+        strategy = str(self._consumer_conf.get("partition.assignment.strategy", "range,roundrobin"))
+        if not strategy.startswith("range"):
+            log.warning("parking is off: it needs partition.assignment.strategy=range (retry partition p must go "
+                        "to the member that owns source partition p), not %s", strategy,
+                        extra={"event": "parking_off"})
+            return
+        try:
+            topics = self.consumer.list_topics(timeout=10).topics
+        except KafkaException as exc:
+            log.warning("parking is off: cannot read the retry topics' metadata (%s)", exc,
+                        extra={"event": "parking_off"})
+            return
+        for source, retry in wanted.items():
+            have, need = topics.get(retry), topics.get(source)
+            if have is None or have.error is not None:
+                log.warning("parking is off for %s: its retry topic %s does not exist (erp-sync create-topics "
+                            "creates it); records its ERP keeps refusing wait in place", source, retry,
+                            extra={"event": "parking_off"})
+            elif need is not None and len(have.partitions) != len(need.partitions):
+                log.warning("parking is off for %s: its retry topic %s has %d partitions, the source %d (they must "
+                            "match)", source, retry, len(have.partitions), len(need.partitions),
+                            extra={"event": "parking_off"})
+            else:
+                self.parking.enable(source, retry)
 
     def recreate_consumer(self, waited_s: float) -> None:
         """Replace the Kafka client (the rejoin watchdog's remedy; see :mod:`.rebalance`)."""
@@ -200,12 +238,13 @@ class Pipeline:
         self.wait_for_pushes(lambda: self.settler.outstanding == 0, deadline, block_s=0.1)
         self.in_flight.abandon()  # what is left waits for the next owner
         self.in_flight.settle_results()
-        left = self.dead_letters.flush(max(0.0, min(5.0, deadline - time.monotonic())))
+        left = self.flush_dead_letters(max(0.0, min(5.0, deadline - time.monotonic())))
         self.in_flight.settle_results()
         self.commit_now(None)
         unfinished = self.assignment.unfinished
         if unfinished or left:
-            resume = ", ".join(f"{s}@{s.offsets.floor}" for s in self.assignment if s.offsets.unfinished)
+            resume = ", ".join(f"{s}@{s.offsets.floor}" if s.offsets.floor is not None else
+                               f"{s} (no committed offset)" for s in self.assignment if s.offsets.unfinished)
             running = self.in_flight.running
             queued = max(0, self.settler.outstanding - running)
             log.warning("shutdown: %d records unfinished (%d pushes given up, %d in a request, %d queued, %d dead "
@@ -218,7 +257,7 @@ class Pipeline:
             self.consumer.close()  # leaves the group
         except Exception as exc:  # noqa: BLE001
             log.warning("consumer close failed: %s", exc)
-        self.in_flight.close(self.erp)
+        self.in_flight.close()
         self.dead_letters.close(1.0)
         self.watermarks.close()
         log.info("stopped: %d pushed, %d duplicates, %d skipped, %d dead-lettered, %d commits, %d unfinished",
@@ -232,6 +271,7 @@ class Pipeline:
         while not done() and time.monotonic() < deadline:
             self.in_flight.settle_results(block_s=block_s)
             self.dead_letters.poll()
+            self.parker.poll()
         self.in_flight.settle_results()
 
     def commit_now(self, only: list[TP] | None) -> None:
@@ -240,12 +280,14 @@ class Pipeline:
 
     def flush_dead_letters(self, timeout_s: float) -> int:
         """Wait up to ``timeout_s`` s for dead-letter confirmations; return how many remain."""
-        return self.dead_letters.flush(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        left = self.dead_letters.flush(timeout_s)
+        return left + self.parker.flush(max(0.0, deadline - time.monotonic()))
 
     # ------------------------------------------------------------------ records
 
     def _poll(self) -> list[Message]:
-        outstanding = self.assignment.unfinished or self.dead_letters.pending
+        outstanding = self.assignment.unfinished or self.dead_letters.pending or self.parker.pending
         try:
             msgs: list[Message] = self.consumer.consume(num_messages=max(1, min(CONSUME_BATCH,
                                                                                 self.backpressure.room())),
@@ -285,7 +327,11 @@ class Pipeline:
                 self.settler.settle(record, Disposition.SKIPPED, status=event)
                 return
             record.body, record.idempotency_key = transform.erp_request(event)
+            record.instance_id = event["instance_id"]
+            self._route(record, event["flow_code"])
         except RecordError as exc:
+            if exc.code == "UnknownStatus":
+                self.metrics.unknown_status_dead_lettered(state.topic)
             self.settler.settle(record, Disposition.DEAD_LETTER, error=exc)
             return
         except Exception as exc:  # noqa: BLE001 - a bug must not stop the stream: dead-letter it
@@ -295,8 +341,32 @@ class Pipeline:
             self.settler.settle(record, Disposition.DEAD_LETTER,
                                 error=ValidationError("Unexpected", f"{type(exc).__name__}: {exc}"))
             return
-        record.instance_id = event["instance_id"]
-        self.in_flight.submit(record, (state.topic, msg.key() or str(record.instance_id).encode()))
+        self.in_flight.submit(record, (state.topic, record.key))
+
+    def _route(self, record: Record, flow_code: int) -> None:
+        """Give an approved record its ordering key and its route's endpoint (and, parked, its history).
+
+        Raises:
+            ValidationError: ``NoRoute``: no route matches it and there is no default route.
+        """
+        msg = record.msg
+        record.key = msg.key() or str(record.instance_id).encode()
+        source = self.parking.source_of.get(record.partition.topic)
+        if source is not None:  # read from a retry topic: it keeps the route it was parked from
+            route, record.first_failure_ms = parked_identity(msg)
+            record.parked_from = source
+            record.attempts_before = int_header(read_headers(msg), H_ATTEMPTS)
+            endpoint = self.endpoints.get(route)
+            if endpoint is not None:
+                record.endpoint = endpoint
+                return
+        topic = source or record.partition.topic
+        headers = dict(headers_of(msg)) if self.routes.needs_headers else None
+        matched = self.routes.route(topic, flow_code, headers)
+        if matched is None:
+            raise ValidationError("NoRoute", f"no route matches it (topic {topic}, FlowCode {flow_code}) and there "
+                                             "is no default route (ERP_SYNC_ROUTES_FILE)")
+        record.endpoint = self.endpoints[matched.name]
 
     def _kafka_event(self, msg: Message, err: KafkaError) -> None:
         """Errors and events librdkafka reports through poll: never records."""
@@ -346,6 +416,13 @@ class Pipeline:
         self.lag.update()
         self.metrics.dlq_pending.set(self.dead_letters.pending)
         self.metrics.in_flight.set(self.in_flight.running)
+        parked = self.parking.by_route()
+        now_ms = time.time() * 1000
+        for endpoint in self.endpoints:
+            count, oldest = parked.get(endpoint.name, (0, None))
+            self.metrics.parked.labels(endpoint.name).set(count)
+            self.metrics.parked_oldest_age.labels(endpoint.name).set(max(0.0, (now_ms - oldest) / 1000) if oldest
+                                                                     else 0)
 
 
 def _close_quietly(consumer: Any) -> None:

@@ -24,7 +24,47 @@ from ..erp.client import ErpClient
 from ..erp.verdict import Outcome, Verdict, speaks_for_endpoint
 from ..logs import Throttle
 from ..metrics import Metrics
+from .concurrency import ConcurrencyLimit
 from .retry import RateLimiter, SharedBackoff, record_delay
+
+PARK = "park"
+EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """How long a push keeps trying in place (issue "no head-of-line blocking").
+
+    Attributes:
+        park_after_s: a source record answered *retry* for this long (seconds, since its first
+            failure) stops, to be parked in the retry topic; None: never.
+        first_failure_ms: when the record first failed (Unix ms), for a parked record; None: not yet.
+        deadline_s: a parked record still failing this long after its first failure stops, to be
+            dead-lettered (``RetryDeadlineExceeded``); None: never.
+        park_now: True when the record must stop to be parked whatever its own failures (its route's
+            ERP refuses our credentials, or has not been ready for the park delay): checked while it waits.
+    """
+
+    park_after_s: float | None = None
+    first_failure_ms: int | None = None
+    deadline_s: float | None = None
+    park_now: Callable[[], bool] | None = None
+
+    def over(self, first_failure_ms: int | None) -> str:
+        """``PARK`` or ``EXPIRED`` once the budget is spent, else ``""``."""
+        if self.park_now is not None and self.park_now():
+            return PARK
+        if first_failure_ms is None:
+            return ""
+        age_ms = time.time() * 1000 - first_failure_ms
+        if self.deadline_s is not None and age_ms >= self.deadline_s * 1000:
+            return EXPIRED
+        if self.park_after_s is not None and age_ms >= self.park_after_s * 1000:
+            return PARK
+        return ""
+
+
+NO_BUDGET = Budget()
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,11 +76,15 @@ class PushResult:
         attempts: requests sent.
         last_retry: the last *retry* verdict, when the push was given up after one (the ERP kept
             failing); None when it was given up before any answer.
+        ended: ``PARK`` or ``EXPIRED`` when the push stopped because its :class:`Budget` was spent.
+        first_failure_ms: when the record first failed (Unix ms), if it did.
     """
 
     verdict: Verdict | None
     attempts: int
     last_retry: Verdict | None = None
+    ended: str = ""
+    first_failure_ms: int | None = None
 
 
 class PushObserver(Protocol):
@@ -80,7 +124,8 @@ class Pusher:
         self.observer = observer
 
     async def push(self, body: bytes, idempotency_key: str, cancelled: Callable[[], bool],
-                   context: object = None, stop_retrying: Callable[[], bool] | None = None) -> PushResult:
+                   context: object = None, stop_retrying: Callable[[], bool] | None = None,
+                   budget: Budget = NO_BUDGET) -> PushResult:
         """Push one body until the ERP accepts or rejects it, or ``cancelled()`` becomes True.
 
         Args:
@@ -91,6 +136,7 @@ class Pusher:
             context: handed to the observer's :meth:`PushObserver.backing_off`.
             stop_retrying: checked once this record was answered *retry* (before and while it waits
                 alone): True gives it up (the consumer stopping while the ERP cannot take it).
+            budget: when to stop trying in place (park a source record; expire a parked one).
 
         Returns:
             The :class:`PushResult`.
@@ -98,12 +144,26 @@ class Pusher:
         backoff, rate, observer = self.backoff, self.rate, self.observer
         attempts = own_retries = 0
         last_retry: Verdict | None = None
-        while True:
-            permit = await backoff.acquire(cancelled)
-            if permit is None or (rate is not None and not await rate.acquire(cancelled)):
+        first_failure_ms = budget.first_failure_ms
+
+        def stop() -> bool:
+            return cancelled() or bool(budget.over(first_failure_ms))
+
+        def stop_first() -> bool:  # before any try: a parked record past its deadline still gets one
+            return cancelled() or (budget.park_now is not None and budget.park_now())
+
+        def given_up() -> PushResult:
+            ended = budget.over(first_failure_ms)
+            first = first_failure_ms if first_failure_ms is not None or not ended else int(time.time() * 1000)
+            return PushResult(None, attempts, last_retry, ended, first)
+
+        while True:  # a parked record past its deadline still gets one try when its turn comes
+            waiting = stop_first if attempts == 0 else stop
+            permit = await backoff.acquire(waiting)
+            if permit is None or (rate is not None and not await rate.acquire(waiting)):
                 if permit is not None:
                     backoff.release(permit)
-                return PushResult(None, attempts, last_retry)
+                return given_up()
             attempts += 1
             started = time.monotonic()
             result = await self.erp.post_async(body, idempotency_key)
@@ -113,8 +173,10 @@ class Pusher:
                 cleared = backoff.success(permit)
                 if cleared and observer is not None:
                     observer.recovered(cleared, time.monotonic() - backoff.failing_since)
-                return PushResult(result, attempts)
+                return PushResult(result, attempts, first_failure_ms=first_failure_ms)
             last_retry = result
+            if first_failure_ms is None:
+                first_failure_ms = int(time.time() * 1000)
             delay = backoff.failure(permit, result.retry_after_s, speaks_for_endpoint(result), idempotency_key)
             if delay is not None:
                 if observer is not None:
@@ -124,9 +186,11 @@ class Pusher:
                 wait = record_delay(own_retries, backoff.initial_s, backoff.max_s)
                 if observer is not None:
                     observer.retrying(result, wait, own_retries, context)
-                give_up = cancelled if stop_retrying is None else (lambda: cancelled() or stop_retrying())
+                give_up = stop if stop_retrying is None else (lambda: stop() or stop_retrying())
                 if not await _sleep(wait, give_up):
-                    return PushResult(None, attempts, last_retry)
+                    return given_up()
+            if budget.over(first_failure_ms):
+                return given_up()
 
 
 async def _sleep(seconds: float, cancelled: Callable[[], bool], poll_s: float = 0.05) -> bool:
@@ -158,22 +222,30 @@ class PushLog:
         clock: monotonic seconds (tests pass a fake one).
     """
 
-    def __init__(self, metrics: Metrics, logger: logging.Logger, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, metrics: Metrics, logger: logging.Logger, clock: Callable[[], float] = time.monotonic,
+                 route: str = "default", limiter: ConcurrencyLimit | None = None) -> None:
         self.metrics = metrics
         self.log = logger
+        self.route = route
+        self.limiter = limiter
+        self.last_backoff_code = ""
+        """The code of the answer that last opened or escalated the backoff."""
         self._throttle = Throttle(BACKOFF_LOG_EVERY_S, clock)
 
     def answered(self, verdict: Verdict, duration_s: float) -> None:
-        """Count the request."""
-        self.metrics.erp_request(verdict.outcome.value, verdict.code, duration_s)
+        """Count the request; feed the route's adaptive concurrency."""
+        self.metrics.erp_request(verdict.outcome.value, verdict.code, duration_s, self.route)
+        if self.limiter is not None:
+            self.limiter.answered(verdict, duration_s)
 
     def backing_off(self, verdict: Verdict, delay_s: float, failures: int, context: object) -> None:
-        """Log that every push backs off (throttled)."""
+        """Log that every push of the route backs off (throttled)."""
+        self.last_backoff_code = verdict.code
         self._throttle.warning(
             self.log, "erp_backoff",
-            "ERP push failed, will retry (%s: %s); all pushes back off %.1f s (failure %d in a row)",
-            verdict.code, verdict.message, delay_s, failures,
-            event="erp_backoff", erp_code=verdict.code, request_id=verdict.request_id,
+            "ERP push failed, will retry (%s: %s); all pushes of route %s back off %.1f s (failure %d in a row)",
+            verdict.code, verdict.message, self.route, delay_s, failures,
+            event="erp_backoff", route=self.route, erp_code=verdict.code, request_id=verdict.request_id,
             instance_id=getattr(context, "instance_id", None), backoff_s=round(delay_s, 3))
 
     def retrying(self, verdict: Verdict, delay_s: float, retries: int, context: object) -> None:
@@ -182,7 +254,7 @@ class PushLog:
             self.log, "erp_retry",
             "ERP answered retry for one record (%s: %s) while it answers the others; that record waits %.1f s "
             "(retry %d), the others go on", verdict.code, verdict.message, delay_s, retries,
-            event="erp_retry", erp_code=verdict.code, request_id=verdict.request_id,
+            event="erp_retry", route=self.route, erp_code=verdict.code, request_id=verdict.request_id,
             instance_id=getattr(context, "instance_id", None), retry_in_s=round(delay_s, 3), retries=retries)
 
     def recovered(self, failures: int, failing_for_s: float) -> None:
@@ -190,6 +262,7 @@ class PushLog:
         held = self._throttle.allow("erp_recovered")
         if held is None:
             return
-        self.log.info("ERP answers again after %d failed attempts in a row (%.1f s): pushes resume",
-                      failures, failing_for_s,
-                      extra={"event": "erp_recovered", "failures": failures, **({"suppressed": held} if held else {})})
+        self.log.info("ERP of route %s answers again after %d failed attempts in a row (%.1f s): pushes resume",
+                      self.route, failures, failing_for_s,
+                      extra={"event": "erp_recovered", "route": self.route, "failures": failures,
+                             **({"suppressed": held} if held else {})})

@@ -30,6 +30,7 @@ from confluent_kafka import KafkaException, TopicPartition
 from ..metrics import Health, Metrics
 from .flow import Backpressure, WatermarkSource
 from .offsets import Ranges, decode_finished
+from .parking import Parking
 from .partitions import TP, Assignment
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class Rebalancer:
         health: readiness.
         shutdown_timeout_s: ``ERP_SYNC_SHUTDOWN_TIMEOUT_SECONDS`` (caps the revoke grace).
         rejoin_timeout_s: ``ERP_SYNC_REJOIN_TIMEOUT_SECONDS``.
+        parking: what is parked (retry partitions are scanned at assignment; their partitions held meanwhile).
         unassigned_since: monotonic time (s) since which no partition is assigned; None while assigned.
         last_assigned: monotonic time (s) of the last assignment.
     """
@@ -87,6 +89,7 @@ class Rebalancer:
     health: Health
     shutdown_timeout_s: float
     rejoin_timeout_s: float
+    parking: Parking | None = None
     unassigned_since: float | None = field(default_factory=time.monotonic)
     last_assigned: float | None = None
 
@@ -110,10 +113,15 @@ class Rebalancer:
                     committed[(tp.topic, tp.partition)] = (tp.offset, decode_finished(tp.metadata, tp.offset))
         except KafkaException as exc:
             log.warning("cannot read committed offsets at assignment: %s", exc)
+        states = []
         for tp in partitions:
             offset, finished = committed.get((tp.topic, tp.partition), (None, []))
-            self.assignment.assign(tp.topic, tp.partition, offset, finished)
+            states.append(self.assignment.assign(tp.topic, tp.partition, offset, finished))
         self._changed()
+        held = self.parking.assigned(states, committed) if self.parking is not None else []
+        if held:  # assign now, so that the pause of the held partitions applies to them
+            consumer.assign(partitions)
+            self.backpressure.hold(consumer, held)
         self.last_assigned = time.monotonic()
         log.info("assigned %s", _names(partitions), extra={"event": "assigned"})
 
@@ -146,9 +154,19 @@ class Rebalancer:
         self._release([(tp.topic, tp.partition) for tp in partitions])
         log.warning("partitions lost (session timed out): %s", _names(partitions), extra={"event": "lost"})
 
+    def release_loaded(self) -> None:
+        """Let partitions held for their parked-records scan move once it is done."""
+        if self.parking is None or not self.backpressure.held:
+            return
+        done = [tp for tp in self.backpressure.held if self.parking.loaded(tp)]
+        if done:
+            self.backpressure.unhold(self.host.consumer, done)
+
     def _release(self, tps: list[TP]) -> None:
+        if self.parking is not None:
+            self.parking.released(tps)
         for state in self.assignment.release(tps):
-            self.metrics.drop_partition(state.partition)
+            self.metrics.drop_partition(state.topic, state.partition)
         self._changed()
         self.unassigned_since = time.monotonic()
 

@@ -18,7 +18,7 @@ def cmd_erp_stub(args: argparse.Namespace) -> int:
     from . import erp_stub
 
     logs.setup("text" if sys.stderr.isatty() else "json", "INFO")
-    erp_stub.main(port=args.port, host=args.host, latency_ms=args.latency_ms)
+    erp_stub.main(port=args.port, host=args.host, latency_ms=args.latency_ms, capacity=args.capacity)
     return 0
 
 
@@ -32,12 +32,21 @@ def cmd_produce_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``erp-stub`` and ``produce-sample`` to ``erp-sync``'s subcommands."""
     stub = subparsers.add_parser("erp-stub", help="serve a local ERP that records what it receives")
     stub.add_argument("--port", type=int, default=8080)
     stub.add_argument("--host", default="127.0.0.1")
     stub.add_argument("--latency-ms", type=float, default=0.0, help="answer after this many milliseconds")
+    stub.add_argument("--capacity", type=_positive_int, default=None,
+                      help="pushes the ERP serves at once; the others wait in a FIFO queue (default: unlimited)")
     stub.set_defaults(func=cmd_erp_stub)
 
     produce = subparsers.add_parser("produce-sample", help="write realistic sample events to the topic")

@@ -16,7 +16,7 @@ Tests drive every other path through a small JSON control API under ``/_stub/``:
 ``GET /_stub/behaviour``        the current behaviour (remaining script, rule counters)
 ``GET /_stub/requests?since=N`` the recorded pushes with ``seq > N`` (optional ``limit``)
 ``DELETE /_stub/requests``      forget the records and the seen idempotency keys
-``GET /_stub/stats``            counters: received, by_code, distinct_keys, concurrency
+``GET /_stub/stats``            counters: received, by_code, distinct_keys, concurrency, latency
 ``DELETE /_stub/stats``         reset the counters only
 ``POST /_stub/reset``           behaviour, records and counters back to the start state
 ``GET /_stub/health``           200
@@ -37,7 +37,7 @@ clients registered, it answers ``grant_type=client_credentials`` from a register
 Behaviour (``POST /_stub/behaviour``; an omitted field takes its start value)::
 
     {"latency_ms": 0, "default": null, "script": [], "rules": [], "duplicate_code": null,
-     "close_idle_after_s": null}
+     "close_idle_after_s": null, "capacity": null}
 
 A push is answered by, in order: the first rule that matches (``instance_id`` and/or
 ``idempotency_key``; a rule with neither matches every push) and has ``times`` left; else the next
@@ -55,6 +55,18 @@ Each record carries a ``code`` labelled the way the consumer's verdict module la
 (``OK``, the Error code, ``InvalidResponse`` for a 2xx body outside the contract, ``HTTP_<status>``
 for a non-2xx status, ``CLOSED`` for a connection closed without an answer). The answer is decided
 when the request arrives, so a record exists while its answer is still delayed.
+
+**Capacity.** ``capacity`` (a positive integer, or null for unlimited: the start value unless
+``--capacity`` says otherwise) is how many pushes the ERP serves at once. A push beyond it waits in
+one FIFO queue for a slot, then is served: its answer comes after the queue wait plus its latency
+(``latency_ms``, a spec's ``latency_ms`` and ``hang_s``), so an ERP at its limit answers more slowly
+instead of faster. A slot is held from the end of the wait to the answer; a new ``capacity`` applies
+to the queue at once. Every push's server-side latency (arrival → answer, queue wait included) is
+recorded (``served_ms`` and ``queued_ms`` in its record) and summarised in ``GET /_stub/stats``:
+``latency_ms`` and ``queue_ms`` (``count``, ``mean``, ``p50``, ``p90``, ``p99``, ``max``;
+nearest-rank percentiles over the pushes answered since the last counter reset), ``max_serving``
+(peak pushes served at once, ≤ capacity), ``max_queue`` (peak queue length), ``current_queue``,
+``capacity``. ``max_concurrency`` counts pushes in the handler, queued ones included.
 
 ``seq`` starts at 1 and keeps counting across ``DELETE /_stub/requests`` (so ``since`` cursors stay
 valid); only ``POST /_stub/reset`` restarts it.
@@ -75,11 +87,13 @@ import decimal
 import itertools
 import json
 import logging
+import math
 import secrets
 import signal
 import threading
 import time
 import uuid
+from array import array
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -236,6 +250,7 @@ class Behaviour:
         close_idle_after_s: when set, keep-alive connections idle longer than this (s) are closed
             silently (no ``Connection: close``), like a server or load balancer dropping pooled
             connections.
+        capacity: pushes served at once; further pushes wait in a FIFO queue; None for unlimited.
     """
 
     latency_ms: float = 0.0
@@ -244,14 +259,16 @@ class Behaviour:
     rules: list[Rule] = field(default_factory=list)
     duplicate_code: str | None = None
     close_idle_after_s: float | None = None
+    capacity: int | None = None
 
     @classmethod
-    def parse(cls, raw: Any, base_latency_ms: float = 0.0) -> Behaviour:
+    def parse(cls, raw: Any, base_latency_ms: float = 0.0, base_capacity: int | None = None) -> Behaviour:
         """Build a behaviour from the JSON body of ``POST /_stub/behaviour``.
 
         Args:
             raw: the decoded JSON object.
             base_latency_ms: ``latency_ms`` when omitted, in ms.
+            base_capacity: ``capacity`` when omitted (None: unlimited).
 
         Raises:
             BehaviourError: unknown keys or wrong types.
@@ -295,6 +312,9 @@ class Behaviour:
         idle = _opt_number(raw, "close_idle_after_s", "behaviour")
         if idle is not None and idle <= 0:
             raise BehaviourError("behaviour.close_idle_after_s must be > 0 (or null)")
+        capacity = raw.get("capacity", base_capacity)
+        if capacity is not None and (type(capacity) is not int or capacity < 1):
+            raise BehaviourError(f"behaviour.capacity must be a positive integer (or null), got {capacity!r}")
         return cls(
             latency_ms=base_latency_ms if latency is None else latency,
             default=None if default is None else ResponseSpec.parse(default, "default"),
@@ -302,6 +322,7 @@ class Behaviour:
             rules=parsed_rules,
             duplicate_code=_opt_str(raw, "duplicate_code", "behaviour"),
             close_idle_after_s=idle,
+            capacity=capacity,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -317,11 +338,12 @@ class Behaviour:
             ],
             "duplicate_code": self.duplicate_code,
             "close_idle_after_s": self.close_idle_after_s,
+            "capacity": self.capacity,
         }
 
 
 _BEHAVIOUR_KEYS = frozenset(
-    {"latency_ms", "default", "script", "rules", "duplicate_code", "close_idle_after_s"}
+    {"latency_ms", "default", "script", "rules", "duplicate_code", "close_idle_after_s", "capacity"}
 )
 
 
@@ -450,7 +472,7 @@ class _Record:
     """One received push; headers and body are kept raw and rendered on demand."""
 
     __slots__ = ("seq", "time", "path", "raw_headers", "body", "idempotency_key", "instance_id",
-                 "peer_port", "status", "code", "request_id")
+                 "peer_port", "status", "code", "request_id", "queued_ms", "served_ms")
 
     def __init__(self, seq: int, when: float, path: str, raw_headers: bytes, body: bytes,
                  idempotency_key: str | None, instance_id: int | None, peer_port: int | None,
@@ -466,6 +488,8 @@ class _Record:
         self.status = status
         self.code = code
         self.request_id = request_id
+        self.queued_ms: float | None = None  # set when a slot is granted
+        self.served_ms: float | None = None  # arrival → answer, set when answered
 
     def to_json(self) -> dict[str, Any]:
         headers: dict[str, str] = {}
@@ -489,6 +513,8 @@ class _Record:
             "status": self.status,
             "code": self.code,
             "request_id": self.request_id,
+            "queued_ms": self.queued_ms,
+            "served_ms": self.served_ms,
         }
 
 
@@ -503,25 +529,98 @@ class _Connection:
         self.peer_port = peer_port
 
 
+class _Gate:
+    """The ERP's capacity: at most ``capacity`` pushes served at once, the others wait first in, first out."""
+
+    def __init__(self) -> None:
+        self.serving = 0
+        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.max_serving = 0
+        self.max_queue = 0
+
+    async def acquire(self, capacity: int | None) -> None:
+        """Wait for a slot (at once when one is free and nobody is queued)."""
+        if not self.waiters and (capacity is None or self.serving < capacity):
+            self._take()
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        self.max_queue = max(self.max_queue, len(self.waiters))
+        try:
+            await waiter  # the slot is taken for us by admit()
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(capacity)  # granted, then cancelled: hand the slot on
+            else:
+                with contextlib.suppress(ValueError):
+                    self.waiters.remove(waiter)
+            raise
+
+    def _take(self) -> None:
+        self.serving += 1
+        self.max_serving = max(self.max_serving, self.serving)
+
+    def release(self, capacity: int | None) -> None:
+        """Free a slot and admit the next waiters."""
+        self.serving -= 1
+        self.admit(capacity)
+
+    def admit(self, capacity: int | None) -> None:
+        """Grant free slots to the oldest waiters (also after ``capacity`` changed)."""
+        while self.waiters and (capacity is None or self.serving < capacity):
+            waiter = self.waiters.popleft()
+            if waiter.done():
+                continue
+            self._take()
+            waiter.set_result(None)
+
+    def reset_peaks(self) -> None:
+        self.max_serving = self.serving
+        self.max_queue = len(self.waiters)
+
+
+def _summary(values: array[float]) -> dict[str, Any]:
+    """count, mean, nearest-rank p50/p90/p99 and max of a series of milliseconds (None when empty)."""
+    if not values:
+        return {"count": 0, "mean": None, "p50": None, "p90": None, "p99": None, "max": None}
+    ordered = sorted(values)
+    n = len(ordered)
+
+    def rank(q: float) -> float:
+        return round(ordered[max(0, math.ceil(q * n) - 1)], 3)
+
+    return {"count": n, "mean": round(sum(ordered) / n, 3), "p50": rank(0.50), "p90": rank(0.90),
+            "p99": rank(0.99), "max": round(ordered[-1], 3)}
+
+
 class _StubState:
     """All mutable state of one stub; only ever touched from the stub's event loop thread."""
 
-    def __init__(self, max_records: int, latency_ms: float) -> None:
+    def __init__(self, max_records: int, latency_ms: float, capacity: int | None = None) -> None:
         self.max_records = max_records
         self.base_latency_ms = latency_ms
-        self.behaviour = Behaviour(latency_ms=latency_ms)
+        self.base_capacity = capacity
+        self.behaviour = Behaviour(latency_ms=latency_ms, capacity=capacity)
         self.records: deque[_Record] = deque(maxlen=max_records)
         self.connections: dict[asyncio.BaseTransport, _Connection] = {}
+        self.gate = _Gate()
         self.seq = 0
         self.in_flight = 0
         self.oauth2: _OAuth2 | None = None
         self.reset_stats()
         self.clear_records()
 
+    def set_behaviour(self, behaviour: Behaviour) -> None:
+        self.behaviour = behaviour
+        self.gate.admit(behaviour.capacity)
+
     def reset_stats(self) -> None:
         self.received = 0
         self.by_code: dict[str, int] = {}
         self.max_concurrency = self.in_flight
+        self.served_ms: array[float] = array("d")  # 8 bytes per answered push
+        self.queued_ms: array[float] = array("d")
+        self.gate.reset_peaks()
 
     def clear_records(self) -> None:
         self.records.clear()
@@ -540,6 +639,13 @@ class _StubState:
             "dropped": self.dropped,
             "last_seq": self.seq,
             "max_records": self.max_records,
+            "capacity": self.behaviour.capacity,
+            "max_serving": self.gate.max_serving,
+            "current_serving": self.gate.serving,
+            "max_queue": self.gate.max_queue,
+            "current_queue": len(self.gate.waiters),
+            "latency_ms": _summary(self.served_ms),
+            "queue_ms": _summary(self.queued_ms),
         }
 
     def records_since(self, since: int, limit: int | None) -> list[_Record]:
@@ -671,6 +777,7 @@ class _StubServer:
 
     async def push(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
         state = self.state
+        arrived = time.perf_counter()
         body = await request.read()
         now = time.time()
         transport = request.transport
@@ -717,10 +824,9 @@ class _StubServer:
             if len(state.records) == state.max_records:
                 state.dropped += 1
             raw_headers = b"\r\n".join([name + b":" + value for name, value in request.raw_headers])
-            state.records.append(
-                _Record(state.seq, now, path, raw_headers, body, key, instance_id, conn.peer_port,
-                        answer_status, code, None if answer_status is None else request_id)
-            )
+            record = _Record(state.seq, now, path, raw_headers, body, key, instance_id, conn.peer_port,
+                             answer_status, code, None if answer_status is None else request_id)
+            state.records.append(record)
             state.received += 1
             state.by_code[code] = state.by_code.get(code, 0) + 1
             if key is not None:
@@ -733,8 +839,19 @@ class _StubServer:
                 delay_s = spec.latency_ms / 1000.0
             if spec is not None:
                 delay_s += spec.hang_s
-            if delay_s > 0:
-                await asyncio.sleep(delay_s)
+            gate = state.gate
+            await gate.acquire(state.behaviour.capacity)
+            try:
+                queued_ms = (time.perf_counter() - arrived) * 1000.0
+                record.queued_ms = queued_ms
+                state.queued_ms.append(queued_ms)
+                if delay_s > 0:
+                    await asyncio.sleep(delay_s)
+            finally:
+                gate.release(state.behaviour.capacity)
+            served_ms = (time.perf_counter() - arrived) * 1000.0
+            record.served_ms = served_ms
+            state.served_ms.append(served_ms)
             if answer_status is None:
                 if transport is not None:
                     transport.close()  # no response at all: the client sees the connection drop
@@ -770,7 +887,7 @@ class _StubServer:
                     raw = json.loads(text) if text.strip() else {}
                 except ValueError as exc:
                     raise BehaviourError(f"the behaviour is not JSON: {exc}") from exc
-                state.behaviour = Behaviour.parse(raw, state.base_latency_ms)
+                state.set_behaviour(Behaviour.parse(raw, state.base_latency_ms, state.base_capacity))
                 logger.debug("ERP stub behaviour set: %s", raw)
                 return _json_response({"behaviour": state.behaviour.to_json()})
             if name == "behaviour" and method == "GET":
@@ -806,7 +923,7 @@ class _StubServer:
             if name == "oauth2" and method == "GET":
                 return _json_response(state.oauth2.to_json() if state.oauth2 is not None else {"enabled": False})
             if name == "reset" and method == "POST":
-                state.behaviour = Behaviour(latency_ms=state.base_latency_ms)
+                state.set_behaviour(Behaviour(latency_ms=state.base_latency_ms, capacity=state.base_capacity))
                 state.clear_records()
                 state.reset_stats()
                 state.seq = 0
@@ -850,12 +967,16 @@ class ErpStub:
     Args:
         max_records: how many pushes to keep in memory; the oldest are dropped beyond it.
         latency_ms: the start (and reset) value of the behaviour's ``latency_ms``, in ms.
+        capacity: the start (and reset) value of the behaviour's ``capacity``; None for unlimited.
     """
 
-    def __init__(self, max_records: int = DEFAULT_MAX_RECORDS, latency_ms: float = 0.0) -> None:
+    def __init__(self, max_records: int = DEFAULT_MAX_RECORDS, latency_ms: float = 0.0,
+                 capacity: int | None = None) -> None:
         if max_records < 1:
             raise ValueError("max_records must be >= 1")
-        self._state = _StubState(max_records, latency_ms)
+        if capacity is not None and capacity < 1:
+            raise ValueError("capacity must be >= 1 (or None for unlimited)")
+        self._state = _StubState(max_records, latency_ms, capacity)
         self._server = _StubServer(self._state)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -1015,7 +1136,7 @@ class StubClient:
 
         Args:
             **fields: ``latency_ms`` (ms), ``default``, ``script``, ``rules``, ``duplicate_code``,
-                ``close_idle_after_s`` (s).
+                ``close_idle_after_s`` (s), ``capacity`` (pushes served at once; None: unlimited).
 
         Returns:
             The behaviour now in force, as JSON.
@@ -1057,13 +1178,15 @@ class StubClient:
     def stats(self) -> dict[str, Any]:
         """Return the counters (``received``, ``by_code``, ``distinct_keys``, ``max_concurrency``…).
 
-        ``recorded`` is the number of records held, ``last_seq`` the last sequence number given.
+        ``recorded`` is the number of records held, ``last_seq`` the last sequence number given;
+        ``latency_ms`` and ``queue_ms`` summarise the server-side latencies (count, mean, p50, p90,
+        p99, max), ``max_serving`` / ``max_queue`` are the peaks of the capacity model.
         """
         result: dict[str, Any] = self._call("GET", "stats")
         return result
 
     def reset_stats(self) -> dict[str, Any]:
-        """Reset the counters only (received, by_code, max_concurrency); returns the new stats."""
+        """Reset the counters only (received, by_code, peaks, latencies); returns the new stats."""
         result: dict[str, Any] = self._call("DELETE", "stats")
         return result
 
@@ -1126,8 +1249,9 @@ def format_summary(records: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-async def _serve_forever(host: str, port: int, latency_ms: float, max_records: int) -> None:
-    server = _StubServer(_StubState(max_records, latency_ms))
+async def _serve_forever(host: str, port: int, latency_ms: float, max_records: int,
+                         capacity: int | None = None) -> None:
+    server = _StubServer(_StubState(max_records, latency_ms, capacity))
     await server.start(host, port)
     base = f"http://{_url_host(host)}:{server.port}"
     logger.info("ERP stub listening on %s; push URL %s", base, base + PUSH_PATH)
@@ -1143,7 +1267,8 @@ async def _serve_forever(host: str, port: int, latency_ms: float, max_records: i
 
 
 def main(
-    port: int, host: str = "127.0.0.1", latency_ms: float = 0, max_records: int = DEFAULT_MAX_RECORDS
+    port: int, host: str = "127.0.0.1", latency_ms: float = 0, max_records: int = DEFAULT_MAX_RECORDS,
+    capacity: int | None = None,
 ) -> None:
     """Run the stub in the foreground until SIGTERM or SIGINT.
 
@@ -1152,10 +1277,13 @@ def main(
         host: the address to listen on.
         latency_ms: the start value of the behaviour's ``latency_ms``, in ms.
         max_records: how many pushes to keep in memory.
+        capacity: the start value of the behaviour's ``capacity`` (pushes served at once); None: unlimited.
     """
+    if capacity is not None and capacity < 1:
+        raise ValueError("capacity must be >= 1 (or None for unlimited)")
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(_serve_forever(host, port, latency_ms, max_records))
+    asyncio.run(_serve_forever(host, port, latency_ms, max_records, capacity))
 
 
 def _cli(argv: Sequence[str] | None = None) -> None:
@@ -1164,8 +1292,18 @@ def _cli(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before every answer (ms)")
     parser.add_argument("--max-records", type=int, default=DEFAULT_MAX_RECORDS)
+    parser.add_argument("--capacity", type=_capacity_arg, default=None,
+                        help="pushes served at once, the rest wait in a FIFO queue (default: unlimited)")
     args = parser.parse_args(argv)
-    main(args.port, args.host, args.latency_ms, args.max_records)
+    main(args.port, args.host, args.latency_ms, args.max_records, args.capacity)
+
+
+def _capacity_arg(text: str) -> int:
+    """``--capacity``: a positive integer."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"capacity must be >= 1, got {value}")
+    return value
 
 
 if __name__ == "__main__":

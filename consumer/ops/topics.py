@@ -1,10 +1,14 @@
-"""``erp-sync create-topics``: the source and dead-letter topics, the dead letters sized to fit.
+"""``erp-sync create-topics``: the source, dead-letter and retry topics, sized to fit.
 
 A dead letter carries its record's value plus the ``erp_sync.*`` headers (under 64 KiB), so the
 dead-letter topic's ``max.message.bytes`` must be at least the source topic's plus 64 KiB (issue
 "on-call defects", 2): a value the source accepts must never be refused as a dead letter. The
 source's limit is its own ``max.message.bytes`` when it exists, else the broker's
 ``message.max.bytes`` (what a new topic gets). An existing dead-letter topic below that is raised.
+
+Each source topic's retry topic (``<topic>.retry``, where parked records wait: issue "no head-of-line
+blocking") gets exactly as many partitions as its source (parked records keep their partition
+number) and the same size limit as the dead-letter topic.
 """
 
 from __future__ import annotations
@@ -58,11 +62,17 @@ def cmd_create_topics(args: argparse.Namespace) -> int:
         raise ToolError(f"cannot reach {settings.kafka_bootstrap_servers}: {error_text(exc)}") from None
     existing = metadata.topics
     broker_id = next(iter(metadata.brokers), None)
-    source, dlq = settings.topic, settings.dead_letter_topic
-    dlq_bytes = source_message_max_bytes(admin, source, source in existing, broker_id) + HEADERS_ALLOWANCE
-    wanted = [NewTopic(source, args.partitions, args.replication_factor),
-              NewTopic(dlq, args.dlq_partitions, args.replication_factor,
-                       config={"max.message.bytes": str(dlq_bytes)})]
+    dlq = settings.dead_letter_topic
+    dlq_bytes = max(source_message_max_bytes(admin, source, source in existing, broker_id)
+                    for source in settings.topics) + HEADERS_ALLOWANCE
+    sized = {"max.message.bytes": str(dlq_bytes)}
+    wanted = [NewTopic(source, args.partitions, args.replication_factor) for source in settings.topics]
+    wanted.append(NewTopic(dlq, args.dlq_partitions, args.replication_factor, config=sized))
+    for source in settings.topics:
+        retry = settings.retry_topic_of(source)
+        if retry is not None:
+            partitions = len(existing[source].partitions) if source in existing else args.partitions
+            wanted.append(NewTopic(retry, partitions, args.replication_factor, config=sized))
     for topic in wanted:
         if topic.topic in existing:
             print(f"{topic.topic}: exists ({len(existing[topic.topic].partitions)} partitions)")
@@ -70,8 +80,15 @@ def cmd_create_topics(args: argparse.Namespace) -> int:
     if missing:
         for name, future in admin.create_topics(missing, request_timeout=30).items():
             future.result(timeout=60)
-            extra = f", max.message.bytes {dlq_bytes}" if name == dlq else ""
+            extra = f", max.message.bytes {dlq_bytes}" if name not in settings.topics else ""
             print(f"{name}: created{extra}")
+    for source in settings.topics:
+        retry = settings.retry_topic_of(source)
+        if retry in existing and source in existing and \
+                len(existing[retry].partitions) != len(existing[source].partitions):
+            print(f"{retry}: has {len(existing[retry].partitions)} partitions, its source {source} "
+                  f"{len(existing[source].partitions)}: parking stays off for {source} until they match "
+                  f"(delete {retry} while nothing is parked, then run create-topics again)")
     if dlq in existing:
         resource = ConfigResource(ResourceType.TOPIC, dlq)
         current = _config(admin, resource, "max.message.bytes")

@@ -7,6 +7,7 @@ these tests fail, rather than skip, without it.
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import subprocess
 import sys
@@ -39,10 +40,25 @@ EXPECTED_ALERTS = frozenset(
         "ErpSyncDeadLettersPending",
         "ErpSyncNoSuccessfulPush",
         "ErpSyncConsumerDown",
+        # issue 13, "Alert and dashboard gaps" and defect 12
+        "ErpSyncBrokerUnreachable",
+        "ErpSyncNoPartitionsAssigned",
+        "ErpSyncCommitErrors",
+        "ErpSyncRebalanceStorm",
+        "ErpSyncPartitionStuck",
+        "ErpSyncOffsetsReset",
+        "ErpSyncDeadLetterValuesOmitted",
         "ErpSyncUnknownStatus",
     }
 )
 SEVERITIES = frozenset({"critical", "warning", "info"})
+
+# Alerts on an event that already happened (a dead letter, a reset offset): they
+# fire at once and their expression's window keeps them firing. Every other
+# alert needs a `for:`, so that a start-up, a rebalance or one answer cannot page.
+EVENT_ALERTS = frozenset({"ErpSyncDeadLetters", "ErpSyncOffsetsReset", "ErpSyncDeadLetterValuesOmitted",
+                          "ErpSyncUnknownStatus"})
+README = REPO_ROOT / "README.md"
 
 
 def _promtool() -> str:
@@ -62,6 +78,18 @@ def _run(*args: str, cwd: Path = REPO_ROOT) -> tuple[int, str]:
 def _alert_rules() -> list[dict]:
     rules = yaml.safe_load(ALERTS.read_text(encoding="utf-8"))
     return [rule for group in rules["groups"] for rule in group["rules"] if "alert" in rule]
+
+
+def _recording_rules() -> list[dict]:
+    rules = yaml.safe_load(ALERTS.read_text(encoding="utf-8"))
+    return [rule for group in rules["groups"] for rule in group["rules"] if "record" in rule]
+
+
+def _duration_s(text: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    parts = re.findall(r"(\d+)([smhd])", text)
+    assert parts and "".join(n + u for n, u in parts) == text, f"unexpected duration {text!r}"
+    return sum(int(n) * units[u] for n, u in parts)
 
 
 def _load_generator() -> ModuleType:
@@ -157,6 +185,37 @@ def test_auth_failures_are_a_separate_critical_alert() -> None:
         # ...and the generic ERP alerts leave those codes to it.
         assert pattern in rules["ErpSyncErpRetrying"]["expr"]
         assert pattern in rules["ErpSyncErpRejecting"]["expr"]
+
+
+def test_every_alert_has_a_runbook_section() -> None:
+    """Each runbook_url points at a "#### Runbook: <AlertName>" heading of README.md."""
+    headings = set(re.findall(r"^#### Runbook: (\S+)\s*$", README.read_text(encoding="utf-8"), re.MULTILINE))
+    names = {rule["alert"] for rule in _alert_rules()}
+    assert names <= headings, f"README.md has no runbook for {sorted(names - headings)}"
+    assert headings <= names, f"README.md has runbooks for alerts that do not exist: {sorted(headings - names)}"
+
+
+@pytest.mark.parametrize("rule", _alert_rules(), ids=lambda r: r["alert"])
+def test_only_event_alerts_fire_without_for(rule: dict) -> None:
+    if rule["alert"] in EVENT_ALERTS:
+        assert "for" not in rule, "an event alert fires at once; its window keeps it firing"
+    else:
+        assert _duration_s(rule.get("for", "")) >= 120, "a condition alert needs a `for:` of 2m or more"
+
+
+def test_a_single_auth_answer_cannot_page() -> None:
+    """Issue 13: ErpSyncErpAuthFailure paged critical on one answer. Its `for:` must outlast its window."""
+    auth = next(rule for rule in _alert_rules() if rule["alert"] == "ErpSyncErpAuthFailure")
+    durations = re.findall(r"\[(\w+)\]", auth["expr"]) + re.findall(r"offset (\w+)", auth["expr"])
+    windows = {_duration_s(d) for d in durations}
+    assert windows == {300}, windows
+    assert _duration_s(auth["for"]) > max(windows)
+
+
+def test_rules_file_has_alerts_only() -> None:
+    """No recording rules: tests/integration/test_observability.py checks every metric a rule reads
+    against a real scrape of the consumer, and a recorded series is not in it."""
+    assert not _recording_rules()
 
 
 # --------------------------------------------------------------- unit tests

@@ -40,6 +40,7 @@ EXPORTED_METRICS = frozenset(
         "erp_sync_erp_request_duration_seconds",
         "erp_sync_dead_letters_total",
         "erp_sync_in_flight",
+        "erp_sync_in_flight_limit",
         "erp_sync_retry_backoff_seconds",
         "erp_sync_commits_total",
         "erp_sync_rebalances_total",
@@ -49,6 +50,16 @@ EXPORTED_METRICS = frozenset(
         "erp_sync_paused_partitions",
         "erp_sync_dead_letters_pending",
         "erp_sync_build_info",
+        # issue 13: the gaps the alerts could not see
+        "erp_sync_broker_up",
+        "erp_sync_committed_offset",
+        "erp_sync_partitions_without_committed_offset_total",
+        "erp_sync_dead_letter_values_omitted_total",
+        # issue 11: routes and parked records
+        "erp_sync_route_circuit_open",
+        "erp_sync_parked_records",
+        "erp_sync_parked_oldest_age_seconds",
+        "erp_sync_retry_deadline_seconds",
         "erp_sync_skipped_total",
         "erp_sync_unknown_status_records_total",
         # prometheus-client defaults
@@ -76,6 +87,13 @@ REQUIRED_IN_DASHBOARD = frozenset(
         "erp_sync_dead_letters_total",
         "erp_sync_retry_backoff_seconds",
         "erp_sync_rebalances_total",
+        "erp_sync_commits_total",
+        "erp_sync_partitions_assigned",
+        "erp_sync_paused_partitions",
+        "erp_sync_broker_up",
+        "erp_sync_committed_offset",
+        "erp_sync_partitions_without_committed_offset_total",
+        "erp_sync_dead_letter_values_omitted_total",
     }
 )
 
@@ -86,8 +104,13 @@ TOPIC_LABELLED = frozenset(
         "erp_sync_consumer_lag",
         "erp_sync_consumer_lag_seconds",
         "erp_sync_topic_retention_seconds",
+        "erp_sync_committed_offset",
+        "erp_sync_partitions_without_committed_offset_total",
     }
 )
+
+# The prometheus-client defaults, which the consumer does not declare itself.
+CLIENT_DEFAULT_METRICS = frozenset(name for name in EXPORTED_METRICS if not name.startswith("erp_sync_"))
 
 DATASOURCE_REF = {"type": "prometheus", "uid": "${datasource}"}
 
@@ -122,6 +145,29 @@ def test_alert_rules_use_only_documented_metrics() -> None:
             used |= names
     unknown = used - EXPORTED_METRICS - {"up"}
     assert not unknown, f"alert rules use metrics the consumer does not export: {sorted(unknown)}"
+
+
+def test_documented_metrics_are_the_consumer_metrics() -> None:
+    """EXPORTED_METRICS is what consumer.metrics.Metrics registers: a renamed metric fails here, not on call."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from consumer.metrics import Metrics
+
+    registry = CollectorRegistry()
+    Metrics("apaas.workflow.completed", registry=registry)
+    exported = metric_names_in_exposition(generate_latest(registry).decode())
+    assert exported == EXPORTED_METRICS - CLIENT_DEFAULT_METRICS
+
+
+def test_paused_panel_says_what_pauses(dashboard: dict) -> None:
+    """Issue 13, defect 8: the consumer pauses only at ERP_SYNC_MAX_BUFFERED_RECORDS (resumes at half)."""
+    paused = [p for p in iter_panels(dashboard) if "erp_sync_paused_partitions" in json.dumps(p.get("targets"))]
+    assert paused
+    for panel in paused:
+        description = panel.get("description", "")
+        assert "ERP_SYNC_MAX_BUFFERED_RECORDS" in description, panel["title"]
+        assert "half" in description, panel["title"]
+        assert "in-flight limit)" not in description and "or the shared ERP backoff" not in description
 
 
 # ------------------------------------------------------------ panel structure
@@ -213,12 +259,17 @@ SYNTHETIC_SERIES = {
     f"erp_sync_in_flight{{{_POD}}}": "3x30",
     f"erp_sync_retry_backoff_seconds{{{_POD}}}": "0x30",
     f'erp_sync_commits_total{{{_POD},result="ok"}}': "0+10x30",
+    f'erp_sync_commits_total{{{_POD},result="error"}}': "0x30",
     f'erp_sync_rebalances_total{{{_POD},event="assign"}}': "0+1x30",
     f"erp_sync_last_accepted_timestamp_seconds{{{_POD}}}": "0+60x30",
     f"erp_sync_partitions_assigned{{{_POD}}}": "6x30",
     f"erp_sync_paused_partitions{{{_POD}}}": "0x30",
     f"erp_sync_dead_letters_pending{{{_POD}}}": "0x30",
     f'erp_sync_build_info{{{_POD},version="0.1.0"}}': "1x30",
+    f"erp_sync_broker_up{{{_POD}}}": "1x30",
+    f'erp_sync_committed_offset{{{_POD},topic="apaas.workflow.completed",partition="0"}}': "1000+10x30",
+    f'erp_sync_partitions_without_committed_offset_total{{{_POD},topic="apaas.workflow.completed"}}': "_x5 6x25",
+    f"erp_sync_dead_letter_values_omitted_total{{{_POD}}}": "0x30",
     f"process_cpu_seconds_total{{{_POD}}}": "0+6x30",
     f"process_resident_memory_bytes{{{_POD}}}": "100000000x30",
     # Another job's process metrics: the joins on erp_sync_build_info must drop them.

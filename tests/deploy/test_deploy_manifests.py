@@ -698,31 +698,53 @@ def _dockerfile_instructions() -> list[tuple[str, str]]:
     return instructions
 
 
+def _dockerfile_stages() -> dict[str, tuple[str, list[tuple[str, str]]]]:
+    """``{stage name: (FROM image, instructions after FROM)}`` in file order."""
+    stages: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+    current: list[tuple[str, str]] | None = None
+    for keyword, rest in _dockerfile_instructions():
+        if keyword == "FROM":
+            image, _, name = rest.partition(" AS ")
+            assert name, f"every stage is named: FROM {rest}"
+            current = []
+            stages[name.strip()] = (image.strip(), current)
+        elif current is not None:
+            current.append((keyword, rest))
+    return stages
+
+
 def test_dockerfile() -> None:
     instructions = _dockerfile_instructions()
-    keywords = [k for k, _ in instructions]
     args = dict(rest.split("=", 1) for k, rest in instructions if k == "ARG" and "=" in rest)
-    froms = [rest for k, rest in instructions if k == "FROM"]
-    assert len(froms) == 2, "multi-stage: builder + final"
-    for image in froms:
-        image = image.split()[0]
+    stages = _dockerfile_stages()
+    assert list(stages) == ["builder", "runtime", "devstack", "production"], "production is the default (last)"
+    for name, (image, _) in stages.items():
         resolved = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image)
-        assert resolved == "python:3.11-slim"
-    assert froms[0].endswith("AS builder")
-    final_stage = instructions[keywords.index("FROM", keywords.index("FROM") + 1) :]
-    runs = " ".join(rest for k, rest in final_stage if k == "RUN")
-    assert "pip install --no-index" in runs and "from=builder" in runs
-    assert "apt-get" not in runs, "the final image installs wheels only"
-    builder_runs = " ".join(
-        rest for k, rest in instructions[: len(instructions) - len(final_stage)] if k == "RUN"
-    )
-    assert "pip wheel" in builder_runs
-    assert ("USER", f"{APP_UID}:{APP_UID}") in final_stage
-    assert ("ENTRYPOINT", '["erp-sync"]') in final_stage
-    assert ("CMD", '["run"]') in final_stage
-    assert ("EXPOSE", str(METRICS_PORT)) in final_stage
-    assert "HEALTHCHECK" not in keywords, "Kubernetes probes replace HEALTHCHECK"
-    env = " ".join(rest for k, rest in final_stage if k == "ENV")
+        assert resolved == "python:3.11-slim" or resolved in stages, f"{name}: FROM {image}"
+    assert stages["devstack"][0] == stages["production"][0] == "runtime"
+
+    def text(stage: str, keyword: str) -> str:
+        return " ".join(rest for k, rest in stages[stage][1] if k == keyword)
+
+    # builder: everything from the lock, hash-checked; the project built by the locked build tools
+    builder_runs = text("builder", "RUN")
+    assert "--require-hashes" in builder_runs and "requirements/build.txt" in builder_runs
+    assert "pip wheel --require-hashes --no-deps" in builder_runs and "requirements/runtime.txt" in builder_runs
+    assert "--no-build-isolation" in builder_runs and "--no-index" in builder_runs
+    assert "consumer/devstack" in builder_runs, "the production copy of the venv leaves consumer/devstack out"
+    # the images: no compiler installed, no pip run; the venv copied from the builder
+    for stage in ("runtime", "devstack", "production"):
+        assert "apt-get" not in text(stage, "RUN") and "pip " not in text(stage, "RUN"), stage
+    assert "--from=builder /opt/erp-sync /opt/erp-sync" in text("devstack", "COPY")
+    assert "--from=builder /opt/erp-sync-production /opt/erp-sync" in text("production", "COPY")
+    for stage in ("devstack", "production"):
+        final = stages[stage][1]
+        assert ("USER", f"{APP_UID}:{APP_UID}") in final, stage
+        assert ("ENTRYPOINT", '["erp-sync"]') in final, stage
+        assert ("CMD", '["run"]') in final, stage
+        assert str(METRICS_PORT) in text(stage, "EXPOSE").split(), stage
+    assert "HEALTHCHECK" not in [k for k, _ in instructions], "Kubernetes probes replace HEALTHCHECK"
+    env = text("runtime", "ENV")
     assert "PYTHONDONTWRITEBYTECODE=1" in env and "PYTHONUNBUFFERED=1" in env
 
 
@@ -742,8 +764,8 @@ def test_dockerignore() -> None:
         "data",
     ):
         assert required in patterns, f".dockerignore must exclude {required}"
-    for needed in ("README.md", "pyproject.toml", "consumer", "schemas"):
-        assert needed not in patterns, f"{needed} is needed by `pip wheel .`"
+    for needed in ("README.md", "pyproject.toml", "consumer", "schemas", "requirements", "uv.lock"):
+        assert needed not in patterns, f"{needed} is needed by the image build"
 
 
 # =================================================================== compose
@@ -767,11 +789,13 @@ def test_compose_stack() -> None:
         service = services[name]
         context = (COMPOSE.parent / service["build"]["context"]).resolve()
         assert (context / service["build"]["dockerfile"]) == DOCKERFILE
+        assert service["build"]["target"] == "devstack", f"{name}: the stub and producer are not in production"
         assert service["command"][0] in CLI_SUBCOMMANDS, name
         assert service["user"] == f"{APP_UID}:{APP_UID}" and service["read_only"] is True
         for key in service["environment"]:
             assert _is_known_setting(key), f"{name}: {key}"
-    assert services["erp-stub"]["command"] == ["erp-stub", "--port", "8080"]
+    # reachable from the other containers (the stub listens on 127.0.0.1 unless told otherwise)
+    assert services["erp-stub"]["command"] == ["erp-stub", "--host", "0.0.0.0", "--port", "8080"]
     assert services["producer"]["command"][:2] == ["produce-sample", "--count"]
     consumer = services["consumer"]
     assert consumer["command"] == ["run"]

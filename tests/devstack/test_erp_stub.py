@@ -398,6 +398,117 @@ def test_max_concurrency_with_8_concurrent_requests(stub: ErpStub, ctl: StubClie
     assert ctl.reset_stats()["max_concurrency"] == 0
 
 
+# ---------------------------------------------------------------------------------- capacity model
+
+
+def concurrent_pushes(stub: ErpStub, count: int, stagger_s: float = 0.0) -> list[tuple[float, int]]:
+    """``count`` pushes at once from their own connections: (client-side seconds, status) in start order.
+
+    ``stagger_s`` spaces the starts so that the stub sees them arrive in this order.
+    """
+    def one(i: int) -> tuple[float, int]:
+        time.sleep(i * stagger_s)
+        with httpx.Client(timeout=10.0, verify=False) as client:
+            started = time.monotonic()
+            status = push(client, stub, key=f"k-{i}").status_code
+            return time.monotonic() - started, status
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def test_capacity_serves_in_waves_and_queues_the_rest(stub: ErpStub, ctl: StubClient) -> None:
+    """Capacity 2, 100 ms, 6 pushes at once: 3 waves, server-side latencies ≈ 100/100/200/200/300/300 ms."""
+    assert ctl.behaviour(latency_ms=100, capacity=2)["capacity"] == 2
+    results = concurrent_pushes(stub, 6, stagger_s=0.005)
+    assert [status for _, status in results] == [200] * 6
+    records = ctl.requests()
+    assert len(records) == 6
+    served = sorted(r["served_ms"] for r in records)
+    queued = sorted(r["queued_ms"] for r in records)
+    for got, wave in zip(served, (1, 1, 2, 2, 3, 3), strict=True):
+        assert got == pytest.approx(100 * wave, abs=40), served
+    for got, wave in zip(queued, (1, 1, 2, 2, 3, 3), strict=True):
+        assert got == pytest.approx(100 * (wave - 1), abs=40), queued
+    # first in, first out: the pushes are served in arrival (seq) order, two by two
+    by_seq = sorted(records, key=lambda r: r["seq"])
+    for record, wave in zip(by_seq, (1, 1, 2, 2, 3, 3), strict=True):
+        assert record["queued_ms"] == pytest.approx(100 * (wave - 1), abs=40), by_seq
+    stats = ctl.stats()
+    assert stats["capacity"] == 2
+    assert stats["max_serving"] == 2
+    assert stats["max_queue"] == 4
+    assert stats["max_concurrency"] == 6
+    assert (stats["current_serving"], stats["current_queue"]) == (0, 0)
+    latency = stats["latency_ms"]
+    assert latency["count"] == 6
+    assert latency["p50"] == pytest.approx(200, abs=40)  # nearest rank: the 3rd of 6
+    assert latency["p99"] == pytest.approx(300, abs=40)  # the 6th of 6
+    assert latency["max"] == pytest.approx(300, abs=40)
+    assert latency["mean"] == pytest.approx(200, abs=40)
+    assert stats["queue_ms"]["p99"] == pytest.approx(200, abs=40)
+    # the client sees the same waves
+    client_s = sorted(seconds for seconds, _ in results)
+    assert client_s[-1] == pytest.approx(0.3, abs=0.1)
+    reset = ctl.reset_stats()
+    assert (reset["max_queue"], reset["max_serving"], reset["latency_ms"]["count"]) == (0, 0, 0)
+
+
+def test_unlimited_capacity_serves_everything_at_the_base_latency(stub: ErpStub, ctl: StubClient) -> None:
+    assert ctl.behaviour(latency_ms=100)["capacity"] is None  # the start value: unlimited
+    results = concurrent_pushes(stub, 6)
+    assert [status for _, status in results] == [200] * 6
+    stats = ctl.stats()
+    assert stats["capacity"] is None
+    assert stats["max_queue"] == 0
+    assert stats["max_serving"] == 6
+    assert stats["latency_ms"]["count"] == 6
+    assert stats["latency_ms"]["p99"] == pytest.approx(100, abs=40)
+    assert stats["queue_ms"]["max"] == pytest.approx(0, abs=5)
+
+
+def test_capacity_one_serializes_and_a_raise_releases_the_queue(stub: ErpStub, ctl: StubClient) -> None:
+    ctl.behaviour(latency_ms=300, capacity=1)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        later = pool.submit(concurrent_pushes, stub, 4, 0.005)
+        deadline = time.monotonic() + 5
+        while ctl.stats()["current_queue"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ctl.stats()["current_queue"] == 3
+        ctl.behaviour(latency_ms=300, capacity=10)  # more capacity: the queue is served at once
+        results = later.result(timeout=10)
+    assert [status for _, status in results] == [200] * 4
+    served = sorted(r["served_ms"] for r in ctl.requests())
+    assert served[-1] < 750  # not 4 x 300 ms
+
+
+def test_capacity_validation_and_reset(ctl: StubClient) -> None:
+    for bad in (0, -1, 1.5, "2", True):
+        with pytest.raises(ValueError, match="capacity"):
+            ctl.behaviour(capacity=bad)
+    assert ctl.behaviour(capacity=3)["capacity"] == 3
+    assert ctl.current_behaviour()["capacity"] == 3
+    assert ctl.behaviour()["capacity"] is None  # omitted: the start value
+    ctl.behaviour(capacity=3)
+    ctl.reset()
+    assert ctl.current_behaviour()["capacity"] is None
+
+
+def test_capacity_start_value() -> None:
+    with ErpStub(latency_ms=50, capacity=1) as small, small.client() as ctl:
+        assert ctl.current_behaviour()["capacity"] == 1
+        assert ctl.behaviour(latency_ms=50)["capacity"] == 1  # omitted: the start value
+        results = concurrent_pushes(small, 3, stagger_s=0.005)
+        assert [status for _, status in results] == [200] * 3
+        stats = ctl.stats()
+        assert (stats["max_serving"], stats["max_queue"]) == (1, 2)
+        assert stats["latency_ms"]["max"] == pytest.approx(150, abs=40)
+        assert ctl.behaviour(capacity=None)["capacity"] is None  # explicit null: unlimited
+        ctl.reset()
+        assert ctl.current_behaviour()["capacity"] == 1
+    with pytest.raises(ValueError, match="capacity"):
+        ErpStub(capacity=0)
+
+
 def test_records_are_bounded() -> None:
     with ErpStub(max_records=3) as small, small.client() as ctl, httpx.Client() as http:
         for i in range(5):
@@ -512,6 +623,33 @@ def test_main_runs_in_the_foreground_until_sigterm() -> None:
         assert push_url == base + "/erp/push"
         with httpx.Client() as http:
             assert error_code(http.post(push_url, content=SPEC_BODY)) is None
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.parametrize("command", [
+    [sys.executable, "-m", "consumer.devstack.erp_stub", "--port", "0", "--capacity", "2"],
+    [str(Path(sys.executable).parent / "erp-sync"), "erp-stub", "--port", "0", "--capacity", "2"],
+], ids=["module", "erp-sync"])
+def test_capacity_flag(command: list[str]) -> None:
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert process.stdout is not None
+        base = None
+        for _ in range(20):
+            line = process.stdout.readline()
+            match = re.search(r"ERP stub listening on (http://127\.0\.0\.1:\d+)", line)
+            if match:
+                base = match.group(1)
+                break
+        assert base, "no start-up line"
+        with StubClient(base) as ctl:
+            assert ctl.current_behaviour()["capacity"] == 2
+            assert ctl.stats()["capacity"] == 2
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
     finally:

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
 from consumer import transform
 from consumer.devstack.erp_stub import ErpStub, StubClient
@@ -515,25 +514,27 @@ def test_missing_dlq_topic_blocks_the_commit_at_the_poison_record_until_created(
 
 @pytest.mark.kafka
 @pytest.mark.slow
-def test_dlq_too_small_max_message_bytes_blocks_until_raised(
+def test_dlq_too_small_max_message_bytes_writes_the_letter_without_its_value(
         broker: Broker, erp: ErpStub, stub: StubClient, tmp_path: Path, procs: list[ConsumerProcess]) -> None:
-    topic, dlq, group = new_topics(broker, "f7-small", dlq_config={"max.message.bytes": "100"})
+    """Fault 7b, as issue "on-call defects" 1 wants it: a dead letter its topic refuses for its size must not
+    stall the partition; it is written without its value, which stays in the source topic."""
+    topic, dlq, group = new_topics(broker, "f7-small", dlq_config={"max.message.bytes": "2000"})
     before = [event(5_500_000_000_000_000_000 + i) for i in range(3)]
     after = [event(5_500_000_000_000_000_100 + i) for i in range(5)]
-    poison = b"\xff\xfe" + bytes(range(256)) * 2  # 514 bytes: far above the DLQ's 100-byte limit
+    poison = b"\xff\xfe" + bytes(range(256)) * 20  # 5,122 bytes: above the DLQ's 2,000-byte limit
     placed = produce(broker, topic, [*map(record, before), (b"poison", poison), *map(record, after)])
     poison_offset = placed[len(before)][1]
     env = consumer_env(broker, topic, group, erp.url, ERP_SYNC_COMMIT_INTERVAL_SECONDS="0.2")
     cp = start_consumer(env, tmp_path / "run.log", ("run", "--exit-when-idle", "2"))
     procs.append(cp)
-
-    def raise_limit() -> None:
-        admin = broker.admin()
-        resource = ConfigResource("topic", dlq, incremental_configs=[
-            ConfigEntry("max.message.bytes", "1048588", incremental_operation=AlterConfigOpType.SET)])
-        for future in admin.incremental_alter_configs([resource]).values():
-            future.result(timeout=30)
-
-    _check_blocked_then_fixed(broker, stub, topic, dlq, group, cp, [*before, *after], poison_offset, poison,
-                              "MSG_SIZE_TOO_LARGE", raise_limit, "fault 7b DLQ max.message.bytes too small")
+    assert cp.wait(timeout=60) == 0, cp.log()[-3000:]  # it gets idle: nothing is pending
+    assert committed(broker, group, topic) == high_watermarks(broker, topic), cp.log()[-3000:]
+    assert sorted(ids_of(stub.requests())) == sorted(ev["instance_id"] for ev in [*before, *after])
+    (letter,) = read_all(broker, dlq)
+    headers = header_map(letter)
+    assert letter.value() is None and letter.key() == b"poison"
+    assert headers["erp_sync.original.offset"] == str(poison_offset)
+    assert headers["erp_sync.value.omitted"].startswith("5122 bytes: MSG_SIZE_TOO_LARGE")
+    omitted = [e for e in log_events(cp.log()) if e.get("event") == "dead_letter_value_omitted"]
+    assert len(omitted) == 1 and omitted[0]["level"] == "ERROR", cp.log()[-3000:]
 

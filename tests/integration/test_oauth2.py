@@ -159,3 +159,46 @@ def test_erp_sync_run_delivers_with_oauth2_and_survives_a_revoked_token(broker: 
     assert all(r["headers"]["authorization"].startswith("Bearer ") for r in reqs)
     assert committed(broker, group, topic) == high_watermarks(broker, topic)
     assert stub.oauth2_stats()["issued"] == 2  # one per process
+
+
+def test_a_routes_file_refuses_an_inline_oauth2_secret(tmp_path: Path) -> None:
+    from consumer.routes import load_routes
+
+    (tmp_path / "routes.yaml").write_text(
+        "routes:\n  - name: hr\n    url: https://hr.test/push\n    oauth2_token_url: https://idp.test/token\n"
+        "    oauth2_client_id: x\n    oauth2_client_secret: inline\n")
+    with pytest.raises(ConfigError) as info:
+        load_routes(load_settings({"ERP_SYNC_ROUTES_FILE": str(tmp_path / "routes.yaml")}))
+    assert "oauth2_client_secret: secrets are read from a file: use oauth2_client_secret_file" in str(info.value)
+
+
+@pytest.mark.kafka
+def test_each_route_has_its_own_oauth2_client_and_token(broker: Broker, tmp_path: Path) -> None:
+    """Two ERPs, each with its own token endpoint and client: a route's token never goes to the other ERP."""
+    hr_event = {**spec_example_event(), "instance_id": 5_200_001, "flow_code": 111}
+    fin_event = {**spec_example_event(), "instance_id": 5_200_002, "flow_code": 222}
+    with ErpStub() as hr, ErpStub() as fin, StubClient(hr.base_url) as hr_ctl, StubClient(fin.base_url) as fin_ctl:
+        hr_ctl.oauth2({"hr-client": "hr-s3cret"})
+        fin_ctl.oauth2({"fin-client": "fin-s3cret"})
+        for name in ("hr", "fin"):
+            (tmp_path / f"{name}-secret").write_text(f"{name}-s3cret\n")
+        (tmp_path / "routes.yaml").write_text(
+            f"routes:\n"
+            f"  - name: hr\n    match: {{flow_codes: [111]}}\n    url: {hr.url}\n"
+            f"    oauth2_token_url: {hr.base_url}{TOKEN_PATH}\n    oauth2_client_id: hr-client\n"
+            f"    oauth2_client_secret_file: {tmp_path / 'hr-secret'}\n"
+            f"  - name: finance\n    url: {fin.url}\n"
+            f"    oauth2_token_url: {fin.base_url}{TOKEN_PATH}\n    oauth2_client_id: fin-client\n"
+            f"    oauth2_client_secret_file: {tmp_path / 'fin-secret'}\n")
+        topic, group = unique("oauth2-routes"), unique("group-oauth2-routes")
+        create_topic(broker, topic)
+        create_topic(broker, topic + ".dlq")
+        create_topic(broker, topic + ".retry")
+        produce(broker, topic, [(b"hr", encode(hr_event)), (b"fin", encode(fin_event))])
+        env = consumer_env(broker, topic, group, hr.url, ERP_SYNC_ROUTES_FILE=str(tmp_path / "routes.yaml"))
+        env.pop("ERP_SYNC_ERP_URL")
+        log = run_until_idle(env, tmp_path / "run.log", idle_s=1.0, timeout=60).log()
+        assert [(r["instance_id"], r["code"]) for r in hr_ctl.requests()] == [(5_200_001, "OK")], log[-3000:]
+        assert [(r["instance_id"], r["code"]) for r in fin_ctl.requests()] == [(5_200_002, "OK")], log[-3000:]
+        assert hr_ctl.oauth2_stats()["issued"] == fin_ctl.oauth2_stats()["issued"] == 1
+        assert "hr-s3cret" not in log and "fin-s3cret" not in log

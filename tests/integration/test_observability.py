@@ -106,12 +106,14 @@ def test_scrape_counts_every_outcome_and_code(running: dict[str, Any]) -> None:
     topic = running["topic"]
     assert _value(s, "erp_sync_messages_total", topic=topic, outcome="pushed") == 5.0
     assert _value(s, "erp_sync_messages_total", topic=topic, outcome="dead_lettered") == 2.0
-    assert _value(s, "erp_sync_erp_requests_total", result="retry", code="InternalError.DbError") == 1.0
-    assert _value(s, "erp_sync_erp_requests_total", result="retry", code="HTTP_503") == 1.0
-    assert _value(s, "erp_sync_erp_requests_total", result="reject", code="InvalidParameter.FlowCode") == 1.0
-    assert _value(s, "erp_sync_erp_requests_total", result="accepted", code="OK") == 5.0
+    requests = {"route": "default"}
+    assert _value(s, "erp_sync_erp_requests_total", result="retry", code="InternalError.DbError", **requests) == 1.0
+    assert _value(s, "erp_sync_erp_requests_total", result="retry", code="HTTP_503", route="default") == 1.0
+    assert _value(s, "erp_sync_erp_requests_total", result="reject", code="InvalidParameter.FlowCode",
+                  **requests) == 1.0
+    assert _value(s, "erp_sync_erp_requests_total", result="accepted", code="OK", route="default") == 5.0
     assert _value(s, "erp_sync_dead_letters_total", **{"class": "decode", "code": "InvalidAvro"}) == 1.0
-    assert _value(s, "erp_sync_erp_request_duration_seconds_count") == 8.0
+    assert _value(s, "erp_sync_erp_request_duration_seconds_count", route="default") == 8.0
     assert _value(s, "erp_sync_partitions_assigned") == 2.0
     assert _value(s, "erp_sync_rebalances_total", event="assign") == 1.0
     assert _value(s, "erp_sync_in_flight") == 0.0

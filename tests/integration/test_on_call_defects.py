@@ -60,7 +60,9 @@ def test_create_topics_sizes_the_dead_letter_topic_above_the_source(broker: Brok
     assert done.returncode == 0, done.stderr
     dlq = source + ".dlq"
     assert done.stdout.splitlines() == [f"{source}: exists (1 partitions)",
-                                        f"{dlq}: created, max.message.bytes {3 * MIB + 65_536}"]
+                                        f"{dlq}: created, max.message.bytes {3 * MIB + 65_536}",
+                                        f"{source}.retry: created, max.message.bytes {3 * MIB + 65_536}"]
+    assert topic_config(broker, source + ".retry", "max.message.bytes") == str(3 * MIB + 65_536)
     assert topic_config(broker, dlq, "max.message.bytes") == str(3 * MIB + 65_536)
 
     # a dead-letter topic made before (1 MB, the broker's default) is raised

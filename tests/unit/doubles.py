@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -74,6 +76,8 @@ class FakeCluster:
     logs: dict[TP, list[FakeMessage]] = field(default_factory=dict)
     committed: dict[TP, int] = field(default_factory=dict)
     metadata: dict[TP, str | None] = field(default_factory=dict)
+    topics: dict[str, int] = field(default_factory=dict)
+    """Topics that exist (name → partitions), records or not."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def append(self, topic: str, partition: int, value: bytes | None, key: bytes | None = None) -> int:
@@ -111,8 +115,17 @@ class FakeConsumer:
 
     # --- what the test does
 
-    def assign(self, tps: list[TP]) -> None:
-        self._events.append(("assign", tps))
+    def assign(self, tps: list[TP] | list[TopicPartition]) -> None:
+        """The test: assign these partitions at the next consume(). An on_assign callback calling the real
+        API (TopicPartition objects, before it pauses partitions) changes nothing here."""
+        if tps and isinstance(tps[0], TopicPartition):
+            for tp in tps:  # a group-less reader's assign(): read from the given offsets
+                if isinstance(tp, TopicPartition) and tp.offset >= 0:
+                    self.positions[(tp.topic, tp.partition)] = tp.offset
+                    if (tp.topic, tp.partition) not in self.assigned:
+                        self.assigned.append((tp.topic, tp.partition))
+            return
+        self._events.append(("assign", list(tps)))  # type: ignore[arg-type]
 
     def revoke(self, tps: list[TP] | None = None) -> None:
         self._events.append(("revoke", list(self.assigned) if tps is None else tps))
@@ -175,6 +188,25 @@ class FakeConsumer:
             self.assigned = [tp for tp in self.assigned if tp not in tps]
             self.paused -= set(tps)
 
+    def poll(self, timeout: float = -1) -> FakeMessage | None:
+        out = self.consume(1, timeout)
+        return out[0] if out else None
+
+    def get_watermark_offsets(self, partition: TopicPartition, timeout: float = -1) -> tuple[int, int]:
+        with self.cluster.lock:
+            return 0, len(self.cluster.logs.get((partition.topic, partition.partition), []))
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
+        """The topics the cluster holds, with their partitions (as ``ClusterMetadata``)."""
+        with self.cluster.lock:
+            partitions: dict[str, set[int]] = {}
+            for t, p in self.cluster.logs:
+                partitions.setdefault(t, set()).add(p)
+            for t, count in self.cluster.topics.items():
+                partitions.setdefault(t, set()).update(range(count))
+        return SimpleNamespace(topics={t: SimpleNamespace(partitions={p: None for p in ps}, error=None)
+                                       for t, ps in partitions.items()})
+
     def assignment(self) -> list[TopicPartition]:
         return [TopicPartition(t, p) for t, p in self.assigned]
 
@@ -224,10 +256,14 @@ class FakeProducer:
     """The dead-letter producer: keeps what it was given; the broker's answer comes with ``poll``.
 
     ``fail_with`` set to a KafkaError code makes every delivery fail with it (the DLQ cannot be written);
-    ``max_value_bytes`` makes the "broker" refuse larger values with ``MSG_SIZE_TOO_LARGE``.
+    ``max_value_bytes`` makes the "broker" refuse larger values with ``MSG_SIZE_TOO_LARGE``;
+    ``fail_topics`` fails only the writes to those topics. With a ``cluster``, what is written is
+    appended to its topics (so a consumer reads it back: parked records).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, cluster: FakeCluster | None = None) -> None:
+        self.cluster = cluster
+        self.fail_topics: set[str] = set()
         self.written: list[dict[str, Any]] = []
         self.attempts = 0
         self.fail_with: int | None = None
@@ -236,7 +272,8 @@ class FakeProducer:
 
     def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None, **kwargs: Any) -> None:
         self.attempts += 1
-        letter = {"topic": topic, "key": key, "value": value, "headers": kwargs.get("headers") or []}
+        letter = {"topic": topic, "key": key, "value": value, "headers": kwargs.get("headers") or [],
+                  "partition": kwargs.get("partition", 0)}
         self._pending.append((kwargs["on_delivery"], letter))
 
     def poll(self, timeout: float = 0) -> int:
@@ -244,12 +281,19 @@ class FakeProducer:
         while self._pending:
             callback, letter = self._pending.popleft()
             too_large = self.max_value_bytes is not None and len(letter["value"] or b"") > self.max_value_bytes
-            if self.fail_with is not None:
+            if letter["topic"] in self.fail_topics:
+                callback(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED, "not allowed"), None)
+            elif self.fail_with is not None:
                 callback(KafkaError(self.fail_with), None)
             elif too_large:
                 callback(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Broker: Message size too large"), None)
             else:
                 self.written.append(letter)
+                if self.cluster is not None:
+                    with self.cluster.lock:
+                        log = self.cluster.logs.setdefault((letter["topic"], letter["partition"]), [])
+                        log.append(FakeMessage(letter["topic"], letter["partition"], len(log), letter["value"],
+                                               letter["key"], headers=letter["headers"]))
                 callback(None, None)
             served += 1
         return served
@@ -272,10 +316,13 @@ class FakeErp:
     def __init__(self) -> None:
         self.received: list[dict[str, Any]] = []
         self.answered: list[int] = []
+        self.accepted: list[int] = []
         self.answer: Callable[[int], tuple[int, str | None]] = lambda _iid: (200, None)
         self.delay_s: Callable[[int], float] = lambda _iid: 0.0
         self.hold = threading.Event()
         self.hold.set()
+        self.down_hosts: set[str] = set()
+        """Hosts that answer 503 (an ERP down), whatever ``answer`` says."""
         self.in_flight = 0
         self.lock = threading.Lock()
 
@@ -284,7 +331,8 @@ class FakeErp:
         doc = orjson.loads(body)
         iid = int(doc["InstanceId"])
         with self.lock:
-            self.received.append({"body": body, "headers": dict(request.headers), "instance_id": iid})
+            self.received.append({"body": body, "headers": dict(request.headers), "instance_id": iid,
+                                  "host": request.url.host, "time": time.monotonic()})
             self.in_flight += 1
         try:
             delay = self.delay_s(iid)
@@ -292,12 +340,16 @@ class FakeErp:
                 await asyncio.sleep(delay)
             while not self.hold.is_set():
                 await asyncio.sleep(0.005)
-            status, code = self.answer(iid)
+            status, code = (503, None) if request.url.host in self.down_hosts else self.answer(iid)
         finally:
             with self.lock:
                 self.in_flight -= 1
         with self.lock:
             self.answered.append(iid)
+            if 200 <= status < 300 and code is None:
+                self.accepted.append(iid)
+        if status >= 300:
+            return httpx.Response(status, content=b"down")
         response: dict[str, Any] = {"RequestId": f"req-{iid}"}
         if code is not None:
             response["Error"] = {"Code": code, "Message": f"{code} for {iid}"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import time
 from typing import Any
 
 import aiohttp
@@ -16,7 +17,7 @@ import httpx
 import orjson
 import pytest
 
-from consumer.delivery.push import Pusher, PushResult
+from consumer.delivery.push import EXPIRED, PARK, Budget, Pusher, PushResult
 from consumer.delivery.retry import SharedBackoff
 from consumer.erp.client import ErpClient, _aiohttp_error
 from consumer.erp.verdict import Outcome, Verdict
@@ -139,7 +140,8 @@ def test_the_push_routine_retries_until_accepted_and_reports_each_step() -> None
     notes = Notes()
     pusher = Pusher(client(handler), fast_backoff(), observer=notes)
     result = asyncio.run(pusher.push(b"{}", "k", lambda: False))
-    assert result == PushResult(Verdict(Outcome.ACCEPTED, "OK", "", "r-1"), 4)
+    assert (result.verdict, result.attempts, result.ended) == (Verdict(Outcome.ACCEPTED, "OK", "", "r-1"), 4, "")
+    assert result.first_failure_ms is not None  # it failed before it was accepted
     assert notes.answers == ["InternalError", "HTTP_503", "RequestLimitExceeded", "OK"]
     assert notes.retries == [("InternalError", 1)]  # this record only: it waits alone
     assert notes.backoffs == [("HTTP_503", 1), ("RequestLimitExceeded", 2)]  # the endpoint: everyone waits
@@ -163,3 +165,17 @@ def test_the_push_routine_stops_at_a_reject_and_gives_up_when_cancelled() -> Non
     assert given_up.last_retry is not None and given_up.last_retry.code == "InternalError"
     never_sent = asyncio.run(Pusher(client(ok), fast_backoff()).push(b"{}", "k", lambda: True))
     assert never_sent == PushResult(None, 0, None)
+
+
+def test_a_record_answered_retry_past_its_budget_stops_to_be_parked_or_dead_lettered() -> None:
+    failing = Pusher(client(lambda _r: error("InternalError")), fast_backoff())
+    parked = asyncio.run(failing.push(b"{}", "k", lambda: False, budget=Budget(park_after_s=0.05)))
+    assert (parked.verdict, parked.ended) == (None, PARK)
+    assert parked.attempts >= 2 and parked.last_retry is not None and parked.first_failure_ms is not None
+    old = int(time.time() * 1000) - 10_000  # first failed 10 s ago; deadline 5 s: one more try, then expired
+    expired = asyncio.run(failing.push(b"{}", "k", lambda: False,
+                                       budget=Budget(first_failure_ms=old, deadline_s=5.0)))
+    assert (expired.verdict, expired.ended, expired.attempts, expired.first_failure_ms) == (None, EXPIRED, 1, old)
+    healthy = Pusher(client(ok), fast_backoff())
+    late = asyncio.run(healthy.push(b"{}", "k", lambda: False, budget=Budget(first_failure_ms=old, deadline_s=5.0)))
+    assert late.verdict is not None and late.verdict.outcome is Outcome.ACCEPTED  # tried once: accepted

@@ -63,7 +63,7 @@ def test_defaults() -> None:
     assert s.retry_backoff_max_seconds == 60.0
     assert s.retry_after_max_seconds == 900.0
     assert s.metrics_port == 8000
-    assert s.max_in_flight == 32
+    assert (s.max_in_flight, s.adaptive_in_flight, s.in_flight_limit) == ("auto", True, 256)
     assert s.auth_header_value() is None
     assert s.hmac_secret() is None
     assert (s.kafka_config, s.kafka_consumer_config, s.kafka_producer_config) == ({}, {}, {})
@@ -217,6 +217,9 @@ def test_good_values_are_parsed() -> None:
                        "ERP_SYNC_RETRY_BACKOFF_MAX_SECONDS": "1"})
     assert (s.erp_timeout_seconds, s.max_in_flight, s.erp_url, s.log_level, s.erp_tls_verify) == (
         2.5, 4, "http://127.0.0.1:8080/push", "DEBUG", False)
+    assert (s.adaptive_in_flight, s.in_flight_limit) == (False, 4)
+    auto = load_settings({"ERP_SYNC_MAX_IN_FLIGHT": "AUTO", "ERP_SYNC_MAX_IN_FLIGHT_CEILING": "64"})
+    assert (auto.adaptive_in_flight, auto.in_flight_limit) == (True, 64)
 
 
 def test_bad_url_error_does_not_leak_credentials() -> None:
