@@ -27,6 +27,9 @@ from prometheus_client.core import REGISTRY
 
 from . import __version__
 from .decode import avro_v1
+from .decode.schema import STATUSES
+
+KNOWN_STATUSES = frozenset(STATUSES)
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +128,12 @@ class Metrics:
         self.started_without_offset = Counter("erp_sync_partitions_without_committed_offset",
                                               "Partitions this process started reading without a committed offset "
                                               "(auto.offset.reset decided where).", ["topic"], registry=r)
+        self.skipped_by_status = Counter("erp_sync_skipped", "Records skipped (not APPROVED), by the writer's "
+                                         "status (the v1 symbols, other statuses as other).", ["topic", "status"],
+                                         registry=r)
+        self.unknown_status = Counter("erp_sync_unknown_status_records", "Records whose status is outside the v1 "
+                                      "set, by what ERP_SYNC_UNKNOWN_STATUS did with them (dead-letter or skip).",
+                                      ["topic", "policy"], registry=r)
         self.build_info = Gauge("erp_sync_build_info", "Build information: version; avro_reader is compiled "
                                 "(mypyc) or interpreted.", ["version", "avro_reader"], registry=r)
         self.build_info.labels(__version__, "compiled" if avro_v1.COMPILED else "interpreted").set(1)
@@ -136,6 +145,11 @@ class Metrics:
         self.dead_lettered = self.outcome(topic, "dead_lettered")
         self.duplicate = self.outcome(topic, "duplicate")
         self.already_done = self.outcome(topic, "already_done")
+        self._skipped_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        for status in (*STATUSES, "other"):  # exported at 0 from the start, as the outcomes are
+            self.skipped_by_status.labels(topic, status)
+        for policy in ("dead-letter", "skip"):
+            self.unknown_status.labels(topic, policy)
         self.commit_ok = self.commits.labels("ok")
         self.commit_error = self.commits.labels("error")
         self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
@@ -161,6 +175,27 @@ class Metrics:
         children[0].inc()
         if duration_s is not None:
             children[1].observe(duration_s)
+
+    def skip(self, topic: str, status: str) -> None:
+        """Count one skipped record of a topic under its status.
+
+        A status outside v1 is counted as ``other`` (the label stays bounded) and, being skipped by
+        ``ERP_SYNC_UNKNOWN_STATUS=skip``, as an unknown status too.
+        """
+        children = self._skipped_children.get((topic, status))
+        if children is None:
+            known = status in KNOWN_STATUSES
+            children = (self.skipped_by_status.labels(topic, status if known else "other"),
+                        None if known else self.unknown_status.labels(topic, "skip"))
+            self._skipped_children[(topic, status)] = children
+        self.outcome(topic, "skipped").inc()
+        children[0].inc()
+        if children[1] is not None:
+            children[1].inc()
+
+    def unknown_status_dead_lettered(self, topic: str) -> None:
+        """Count one record refused for a status outside v1 (``ERP_SYNC_UNKNOWN_STATUS=dead-letter``)."""
+        self.unknown_status.labels(topic, "dead-letter").inc()
 
     def dead_letter(self, error_class: str, code: str) -> None:
         """Count one confirmed dead letter."""

@@ -16,7 +16,9 @@ fits a record takes it; a route without ``match`` is the default::
 Endpoint settings are named as their ``ERP_SYNC_ERP_*`` variables, lower-case, without the prefix
 (``url``, ``timeout_seconds``, ``retry_codes``, ``duplicate_codes``, ``retry_http_statuses``,
 ``max_requests_per_second``, ``auth_header_name``, ``auth_header_value_file``, ``hmac_secret_file``,
-``signature_header``, ``tls_verify``, ``ca_bundle``, ``client_cert``, ``client_key``…), plus the
+``signature_header``, ``tls_verify``, ``ca_bundle``, ``client_cert``, ``client_key``, ``oauth2_token_url``,
+``oauth2_client_id`` / ``oauth2_client_id_file``, ``oauth2_client_secret_file``, ``oauth2_scope``,
+``oauth2_client_auth``…: each route has its own OAuth2 client and token), plus the
 per-route delivery settings ``max_in_flight``, ``park_after_seconds``, ``retry_deadline_seconds``,
 ``retry_backoff_initial_seconds``, ``retry_backoff_max_seconds``, ``retry_after_max_seconds``. The
 ``ERP_SYNC_*`` values are each route's defaults. Secrets come from files only (``*_file``).
@@ -47,7 +49,7 @@ from .settings import ENV_PREFIX, Settings
 ROUTE_DELIVERY_KEYS = ("max_in_flight", "park_after_seconds", "retry_deadline_seconds",
                        "retry_backoff_initial_seconds", "retry_backoff_max_seconds", "retry_after_max_seconds")
 """Route keys that are not endpoint settings but ``ERP_SYNC_<KEY>`` delivery settings."""
-INLINE_SECRETS = ("auth_header_value", "hmac_secret")
+INLINE_SECRETS = ("auth_header_value", "hmac_secret", "oauth2_client_secret")
 """Secrets a routes file must not hold inline: it names a file (``*_file``) instead."""
 DEFAULT_ROUTE = "default"
 

@@ -74,6 +74,13 @@ class Settings(BaseSettings):
     group_id: str = Field(default="apaas-erp-sync", min_length=1)
     dlq_topic: str | None = Field(default=None, description="default <topic>.dlq")
     schema_registry_url: str | None = Field(default=None, repr=False)  # may carry credentials
+    schema_registry_basic_auth_user_info: SecretStr | None = None
+    schema_registry_basic_auth_user_info_file: Path | None = None
+    schema_registry_ca_bundle: Path | None = None
+    schema_registry_client_cert: Path | None = None
+    schema_registry_client_key: Path | None = None
+    schema_registry_allow_incompatible: CommaList = ()
+    unknown_status: Literal["dead-letter", "skip"] = "dead-letter"
 
     erp_url: str | None = Field(default=None, repr=False)  # may carry credentials
     erp_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
@@ -91,6 +98,13 @@ class Settings(BaseSettings):
     erp_ca_bundle: Path | None = None
     erp_client_cert: Path | None = None
     erp_client_key: Path | None = None
+    erp_oauth2_token_url: str | None = None
+    erp_oauth2_client_id: str | None = None
+    erp_oauth2_client_id_file: Path | None = None
+    erp_oauth2_client_secret: SecretStr | None = None
+    erp_oauth2_client_secret_file: Path | None = None
+    erp_oauth2_scope: str | None = None
+    erp_oauth2_client_auth: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
 
     retry_backoff_initial_seconds: float = Field(default=0.5, gt=0)
     retry_backoff_max_seconds: float = Field(default=60.0, gt=0)
@@ -130,7 +144,7 @@ class Settings(BaseSettings):
         return (init_settings,)
 
     _split_lists = field_validator("erp_retry_codes", "erp_duplicate_codes", "erp_retry_http_statuses",
-                                   mode="before")(_split)
+                                   "schema_registry_allow_incompatible", mode="before")(_split)
 
     @field_validator("max_in_flight", mode="before")
     @classmethod
@@ -202,7 +216,64 @@ class Settings(BaseSettings):
         bad = [v for v in self.erp_retry_http_statuses if not (v.isdigit() and 100 <= int(v) <= 599)]
         if bad:
             raise ValueError(f"ERP_SYNC_ERP_RETRY_HTTP_STATUSES: not HTTP statuses: {','.join(bad)}")
+        allow = self.schema_registry_allow_incompatible
+        bad = [v for v in allow if not v.isdigit() and v.lower() != "all"]
+        if bad or ("all" in (v.lower() for v in allow) and len(allow) > 1):
+            raise ValueError("ERP_SYNC_SCHEMA_REGISTRY_ALLOW_INCOMPATIBLE: schema ids (e.g. 12,15) or all, got "
+                             f"{','.join(allow)!r}")
+        if self.schema_registry_client_key and not self.schema_registry_client_cert:
+            raise ValueError("ERP_SYNC_SCHEMA_REGISTRY_CLIENT_KEY needs ERP_SYNC_SCHEMA_REGISTRY_CLIENT_CERT")
+        if self.schema_registry_url and re.match(r"^https?://[^/]*@", self.schema_registry_url) and (
+                self.schema_registry_basic_auth_user_info or self.schema_registry_basic_auth_user_info_file):
+            raise ValueError("ERP_SYNC_SCHEMA_REGISTRY_URL carries user:password@ and "
+                             "ERP_SYNC_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO is set too: keep one (the variable)")
+        self._check_oauth2()
         return self
+
+    def _check_oauth2(self) -> None:
+        given = [name for name, value in (
+            ("ERP_SYNC_ERP_OAUTH2_CLIENT_ID", self.erp_oauth2_client_id or self.erp_oauth2_client_id_file),
+            ("ERP_SYNC_ERP_OAUTH2_CLIENT_SECRET", self.erp_oauth2_client_secret or self.erp_oauth2_client_secret_file),
+            ("ERP_SYNC_ERP_OAUTH2_SCOPE", self.erp_oauth2_scope)) if value]
+        if self.erp_oauth2_token_url is None:
+            if given:
+                raise ValueError(f"{given[0]} is set but ERP_SYNC_ERP_OAUTH2_TOKEN_URL is not (the token endpoint)")
+            return
+        if not re.fullmatch(r"https?://[^/\s@]+(/\S*)?", self.erp_oauth2_token_url):
+            raise ValueError("ERP_SYNC_ERP_OAUTH2_TOKEN_URL must be an http:// or https:// URL without "
+                             f"user:password@, got {redact_url(self.erp_oauth2_token_url)!r}")
+        for name in ("ERP_SYNC_ERP_OAUTH2_CLIENT_ID", "ERP_SYNC_ERP_OAUTH2_CLIENT_SECRET"):
+            if name not in given:
+                raise ValueError(f"{name} (or {name}_FILE): required with ERP_SYNC_ERP_OAUTH2_TOKEN_URL")
+        if self.erp_auth_header_name.lower() == "authorization" and (
+                self.erp_auth_header_value or self.erp_auth_header_value_file):
+            raise ValueError("ERP_SYNC_ERP_AUTH_HEADER_VALUE sets the Authorization header that OAuth2 "
+                             "(ERP_SYNC_ERP_OAUTH2_TOKEN_URL) sets: keep one, or give the static header "
+                             "another name (ERP_SYNC_ERP_AUTH_HEADER_NAME)")
+
+    @property
+    def incompatible_schemas_allowed(self) -> frozenset[int] | None:
+        """Registry schema ids allowed although they change a field's meaning; None: every id (``all``)."""
+        if any(v.lower() == "all" for v in self.schema_registry_allow_incompatible):
+            return None
+        return frozenset(int(v) for v in self.schema_registry_allow_incompatible)
+
+    def schema_registry_user_info(self) -> str | None:
+        """The registry's basic auth ``user:password``, from the variable or its ``_FILE`` (stripped)."""
+        return _secret_value(self.schema_registry_basic_auth_user_info,
+                             self.schema_registry_basic_auth_user_info_file,
+                             "ERP_SYNC_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO_FILE")
+
+    def oauth2_client_id(self) -> str | None:
+        """The OAuth2 client id toward the ERP, from the variable or its ``_FILE``."""
+        if self.erp_oauth2_client_id is not None:
+            return self.erp_oauth2_client_id
+        return _secret_value(None, self.erp_oauth2_client_id_file, "ERP_SYNC_ERP_OAUTH2_CLIENT_ID_FILE")
+
+    def oauth2_client_secret(self) -> str | None:
+        """The OAuth2 client secret toward the ERP, from the variable or its ``_FILE``."""
+        return _secret_value(self.erp_oauth2_client_secret, self.erp_oauth2_client_secret_file,
+                             "ERP_SYNC_ERP_OAUTH2_CLIENT_SECRET_FILE")
 
     @property
     def retry_http_statuses(self) -> frozenset[int]:
@@ -326,6 +397,7 @@ class Settings(BaseSettings):
         out[ENV_PREFIX + "DLQ_TOPIC"] = self.dead_letter_topic
         out["ERP_SYNC_ERP_URL"] = redact_url(self.erp_url)
         out["ERP_SYNC_SCHEMA_REGISTRY_URL"] = redact_url(self.schema_registry_url)
+        out["ERP_SYNC_ERP_OAUTH2_TOKEN_URL"] = redact_url(self.erp_oauth2_token_url)  # a URL, not a token
         for source, conf in (("", self.kafka_config), ("CONSUMER_", self.kafka_consumer_config),
                              ("PRODUCER_", self.kafka_producer_config)):
             for key, val in conf.items():

@@ -109,17 +109,18 @@ def _block_count(data: bytes, pos: int, field: str) -> tuple[int, int]:
     return count, pos
 
 
-def read_event(data: bytes, start: int, approved_only: bool) -> tuple[dict[str, Any] | None, int]:
+def read_event(data: bytes, start: int, approved_only: bool) -> tuple[dict[str, Any] | str, int]:
     """Read one v1 ``WorkflowCompleted`` record from ``data[start:]``.
 
     Args:
         data: the value bytes.
         start: where the record starts (0 for a bare value).
         approved_only: when the status is not ``APPROVED``, check the rest of the record without
-            building it and return ``None`` for the event (the pipeline skips such records).
+            building it and return the status symbol for the event (the pipeline skips such records,
+            counted by status).
 
     Returns:
-        ``(event or None, position after the record)``; the caller checks for trailing bytes.
+        ``(event or status symbol, position after the record)``; the caller checks for trailing bytes.
 
     Raises:
         ValueError: the bytes are not a v1 record (the message names the field).
@@ -131,7 +132,7 @@ def read_event(data: bytes, start: int, approved_only: bool) -> tuple[dict[str, 
     instance_id, pos = read_long(data, pos, "instance_id")
     status, pos = read_index(data, pos, 5, "status")
     if approved_only and status != 0:
-        return None, _skip_after_status(data, pos)
+        return STATUSES[status], _skip_after_status(data, pos)
     branch, pos = read_index(data, pos, 2, "start_time")
     start_time: int | None = None
     if branch == 1:

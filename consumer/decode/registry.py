@@ -1,7 +1,8 @@
-"""The schema-registry client: Confluent schema id → parsed writer schema (confluent-kafka's client).
+"""The schema-registry client: Confluent schema id → writer schema (confluent-kafka's client).
 
 Kept apart from the decoder (as confluent-kafka keeps ``schema_registry/`` apart from its serdes):
-the decoder only needs a :data:`WriterSchemaLookup`, a callable from schema id to parsed schema.
+the decoder only needs a :data:`WriterSchemaLookup`, a callable from schema id to the writer
+schema in its JSON form (logical types included: the decoder checks them against v1's).
 """
 
 from __future__ import annotations
@@ -9,33 +10,64 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastavro.types import Schema
+from ..errors import ConfigError
 
-from .schema import parse_plain_schema
+if TYPE_CHECKING:
+    from ..settings import Settings
 
-WriterSchemaLookup = Callable[[int], Schema]
-"""Resolves a Confluent schema id to a parsed writer schema (a schema-registry client)."""
+WriterSchemaLookup = Callable[[int], Any]
+"""Resolves a Confluent schema id to its writer schema, as JSON (``json.loads`` of the registry's text)."""
 
 
-def registry_lookup(url: str, extra_config: Mapping[str, str] | None = None) -> WriterSchemaLookup:
+def registry_client_config(settings: Settings) -> dict[str, Any]:
+    """confluent-kafka ``SchemaRegistryClient`` configuration from the ``ERP_SYNC_SCHEMA_REGISTRY_*`` settings.
+
+    ``url``; ``basic.auth.user.info`` (from ``…_BASIC_AUTH_USER_INFO`` or its ``_FILE``); ``ssl.ca.location``
+    (``…_CA_BUNDLE``); ``ssl.certificate.location`` / ``ssl.key.location`` (``…_CLIENT_CERT`` / ``…_CLIENT_KEY``).
+    The run, the replay tools and ``check-config --connect`` all use it.
+
+    Raises:
+        ConfigError: the user-info file cannot be read.
+    """
+    conf: dict[str, Any] = {"url": settings.schema_registry_url}
+    user_info = settings.schema_registry_user_info()
+    if user_info:
+        conf["basic.auth.user.info"] = user_info
+    if settings.schema_registry_ca_bundle:
+        conf["ssl.ca.location"] = str(settings.schema_registry_ca_bundle)
+    if settings.schema_registry_client_cert:
+        conf["ssl.certificate.location"] = str(settings.schema_registry_client_cert)
+    if settings.schema_registry_client_key:
+        conf["ssl.key.location"] = str(settings.schema_registry_client_key)
+    return conf
+
+
+def registry_lookup(url: str, extra_config: Mapping[str, Any] | None = None) -> WriterSchemaLookup:
     """A schema-id → writer-schema resolver backed by a Confluent-compatible schema registry.
 
-    Uses confluent-kafka's ``SchemaRegistryClient``; parsed schemas are cached here by id, so the
-    registry is asked once per schema id. An unknown id (404) fails at once; a registry that does
-    not answer is asked 3 times, 1 s apart, then the record is dead-lettered (``UnknownSchemaId``)
-    and can be replayed with ``erp-sync dlq replay``.
+    Uses confluent-kafka's ``SchemaRegistryClient`` (which caches schemas by id, so the registry is
+    asked once per known schema id). An unknown id (404) fails at once and is not remembered: once
+    the registry knows it, the next record (or ``erp-sync dlq replay``) resolves it. A registry that
+    does not answer is asked 3 times, 1 s apart, then the record is dead-lettered (``UnknownSchemaId``).
 
     Args:
         url: the registry URL (``ERP_SYNC_SCHEMA_REGISTRY_URL``).
-        extra_config: more client settings (``basic.auth.user.info``…).
+        extra_config: more client settings (``basic.auth.user.info``, ``ssl.ca.location``…; see
+            :func:`registry_client_config`).
+
+    Raises:
+        ConfigError: the client refuses its settings (a CA or certificate file that does not load…).
     """
     from confluent_kafka.schema_registry import SchemaRegistryClient
     from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-    client = SchemaRegistryClient({"url": url, **(extra_config or {})})
-    parsed: dict[int, Schema] = {}
+    try:
+        client = SchemaRegistryClient({**(extra_config or {}), "url": url})
+    except (ValueError, TypeError, OSError) as exc:  # ssl.SSLError is an OSError: CA or certificate files
+        raise ConfigError(f"ERP_SYNC_SCHEMA_REGISTRY_*: the schema registry client refuses its settings: "
+                          f"{type(exc).__name__}: {exc}") from None
 
     def fetch(schema_id: int) -> Any:
         for attempt in range(3):
@@ -50,15 +82,10 @@ def registry_lookup(url: str, extra_config: Mapping[str, str] | None = None) -> 
             time.sleep(1.0)
         raise AssertionError("unreachable")
 
-    def lookup(schema_id: int) -> Schema:
-        schema = parsed.get(schema_id)
-        if schema is None:
-            registered = fetch(schema_id)
-            if registered.schema_type not in (None, "AVRO"):
-                raise ValueError(f"schema {schema_id} is {registered.schema_type}, not AVRO")
-            schema = parse_plain_schema(json.loads(registered.schema_str or "null"))
-            parsed[schema_id] = schema
-        return schema
+    def lookup(schema_id: int) -> Any:
+        registered = fetch(schema_id)
+        if registered.schema_type not in (None, "AVRO"):
+            raise ValueError(f"schema {schema_id} is {registered.schema_type}, not AVRO")
+        return json.loads(registered.schema_str or "null")
 
     return lookup
-

@@ -27,7 +27,7 @@ from confluent_kafka import KafkaError, KafkaException, Message
 from prometheus_client import CollectorRegistry
 
 from .. import transform
-from ..decode import Decoder, avro_v1, registry_lookup
+from ..decode import Decoder, avro_v1, decoder_for
 from ..errors import RecordError, ValidationError
 from ..logs import Throttle, plural
 from ..metrics import Health, Metrics
@@ -82,8 +82,7 @@ class Pipeline:
         self._last_activity = time.monotonic()
         self._errors = Throttle(KAFKA_ERROR_LOG_EVERY_S)
 
-        self.decoder = decoder or Decoder(settings.max_value_bytes, registry_lookup(settings.schema_registry_url)
-                                          if settings.schema_registry_url else None)
+        self.decoder = decoder or decoder_for(settings)
         self.routes = load_routes(settings)
         self.endpoints = Endpoints(self.routes, self.metrics, erp_transport)
         self.backpressure = Backpressure(self.assignment, settings.max_buffered_records, self.metrics, self._errors)
@@ -325,13 +324,15 @@ class Pipeline:
             return
         try:
             event = self.decoder.approved(msg.value())
-            if event is None:  # valid, not APPROVED
-                self.settler.settle(record, Disposition.SKIPPED)
+            if isinstance(event, str):  # valid, not APPROVED: the writer's status
+                self.settler.settle(record, Disposition.SKIPPED, status=event)
                 return
             record.body, record.idempotency_key = transform.erp_request(event)
             record.instance_id = event["instance_id"]
             self._route(record, event["flow_code"])
         except RecordError as exc:
+            if exc.code == "UnknownStatus":
+                self.metrics.unknown_status_dead_lettered(state.topic)
             self.settler.settle(record, Disposition.DEAD_LETTER, error=exc)
             return
         except Exception as exc:  # noqa: BLE001 - a bug must not stop the stream: dead-letter it

@@ -162,7 +162,8 @@ class Settler:
         self.outstanding += 1
 
     def settle(self, record: Record, disposition: Disposition, *, error: RecordError | None = None,
-               attempts: int = 0, pushed: bool = False, first_failure_ms: int | None = None) -> None:
+               attempts: int = 0, pushed: bool = False, first_failure_ms: int | None = None,
+               status: str = "") -> None:
         """Apply ``disposition`` to ``record``.
 
         Args:
@@ -170,6 +171,7 @@ class Settler:
             disposition: its fate.
             error: why, for ``DEAD_LETTER``; the last *retry* answer for ``PARKED``.
             attempts: ERP requests made for it (this time).
+            status: the writer's status symbol, for ``SKIPPED`` (counted by status).
             pushed: it came back from the push routine (it was outstanding).
             first_failure_ms: when it first failed (``PARKED``), Unix ms.
         """
@@ -191,9 +193,10 @@ class Settler:
         elif disposition is Disposition.SKIPPED or disposition is Disposition.ALREADY_DONE:
             if disposition is Disposition.SKIPPED:
                 self.stats.skipped += 1
+                self.metrics.skip(topic, status)
             else:
                 self.stats.already_done += 1
-            self.metrics.outcome(topic, disposition.value).inc()
+                self.metrics.outcome(topic, disposition.value).inc()
             part.finish(record.offset)
             self._unpark(record)
         elif disposition is Disposition.PARKED:

@@ -20,7 +20,19 @@ Tests drive every other path through a small JSON control API under ``/_stub/``:
 ``DELETE /_stub/stats``         reset the counters only
 ``POST /_stub/reset``           behaviour, records and counters back to the start state
 ``GET /_stub/health``           200
+``POST /_stub/oauth2``          require OAuth2 bearer tokens: ``{"clients": {id: secret}, "expires_in": s}``
+                                (``{"clients": null}`` turns it off)
+``POST /_stub/oauth2/revoke``   forget every token issued (the next push with one gets 401)
+``GET /_stub/oauth2``           token endpoint counters: issued, refused, valid tokens, 401 pushes
 ==============================  ===========================================================
+
+OAuth2 client credentials (RFC 6749 §4.4): ``POST /oauth/token`` is the token endpoint. With
+clients registered, it answers ``grant_type=client_credentials`` from a registered client
+(``Authorization: Basic`` or ``client_id``/``client_secret`` form fields) with
+``{"access_token", "token_type": "Bearer", "expires_in"}`` (and ``scope`` when asked), else 401
+``invalid_client`` / 400 ``unsupported_grant_type``; and every push must carry a valid unexpired
+``Authorization: Bearer <token>``, else it is answered 401 ``invalid_token`` (recorded, code
+``HTTP_401``) before any rule or script is consulted.
 
 Behaviour (``POST /_stub/behaviour``; an omitted field takes its start value)::
 
@@ -69,12 +81,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import decimal
 import itertools
 import json
 import logging
 import math
+import secrets
 import signal
 import threading
 import time
@@ -85,7 +99,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 import httpx
 import orjson
@@ -96,6 +110,8 @@ from ..transform import INT64_MAX, INT64_MIN, VARIABLE_TYPES
 
 logger = logging.getLogger(__name__)
 
+TOKEN_PATH = "/oauth/token"
+"""The OAuth2 token endpoint (client credentials); see the module docstring."""
 PUSH_PATH = "/erp/push"
 """The path of :attr:`ErpStub.url`; any path outside ``/_stub/`` is accepted as a push."""
 CONTROL_PREFIX = "/_stub/"
@@ -590,6 +606,7 @@ class _StubState:
         self.gate = _Gate()
         self.seq = 0
         self.in_flight = 0
+        self.oauth2: _OAuth2 | None = None
         self.reset_stats()
         self.clear_records()
 
@@ -652,6 +669,38 @@ class _StubState:
         return behaviour.default
 
 
+@dataclass
+class _OAuth2:
+    """The token endpoint's clients and the tokens it issued (token → expiry, monotonic seconds)."""
+
+    clients: dict[str, str]
+    expires_in: float = 3600.0
+    tokens: dict[str, float] = field(default_factory=dict)
+    issued: int = 0
+    refused: int = 0
+    unauthorized_pushes: int = 0
+
+    def valid(self, authorization: str | None) -> bool:
+        if not authorization or not authorization.lower().startswith("bearer "):
+            return False
+        expiry = self.tokens.get(authorization[7:].strip())
+        return expiry is not None and time.monotonic() < expiry
+
+    def to_json(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {"enabled": True, "clients": sorted(self.clients), "expires_in": self.expires_in,
+                "issued": self.issued, "refused": self.refused, "unauthorized_pushes": self.unauthorized_pushes,
+                "valid_tokens": sum(1 for expiry in self.tokens.values() if expiry > now)}
+
+
+def _oauth2_error(status: int, error: str, description: str) -> web.Response:
+    headers = {"Cache-Control": "no-store"}
+    if status == 401:
+        headers["WWW-Authenticate"] = f'Basic realm="erp-stub", error="{error}"'
+    return web.Response(body=orjson.dumps({"error": error, "error_description": description}), status=status,
+                        content_type=_JSON, headers=headers)
+
+
 def _error_body(request_id: str, code: str, message: str) -> bytes:
     return orjson.dumps({"Response": {"RequestId": request_id, "Error": {"Code": code, "Message": message}}})
 
@@ -693,7 +742,38 @@ class _StubServer:
             return await self.control(request, path[len(CONTROL_PREFIX):])
         if request.method != "POST":
             return web.Response(status=405, headers={"Allow": "POST"}, text="the ERP only accepts POST")
+        if path == TOKEN_PATH:
+            return await self.token(request)
         return await self.push(request, path)
+
+    async def token(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The OAuth2 token endpoint: client credentials grant (RFC 6749 §4.4), client auth basic or post."""
+        oauth2 = self.state.oauth2
+        form = await request.post()
+        if oauth2 is None:
+            return _oauth2_error(400, "unauthorized_client", "this ERP stub has no OAuth2 clients "
+                                                             "(POST /_stub/oauth2 registers some)")
+        client_id, secret = form.get("client_id"), form.get("client_secret")
+        auth = request.headers.get("Authorization", "")
+        if auth.lower().startswith("basic "):
+            try:
+                user, _, password = base64.b64decode(auth[6:].strip()).decode("utf-8").partition(":")
+            except (ValueError, UnicodeDecodeError):
+                user, password = "", ""
+            client_id, secret = unquote_plus(user), unquote_plus(password)
+        if not isinstance(client_id, str) or oauth2.clients.get(client_id) != secret:
+            oauth2.refused += 1
+            return _oauth2_error(401, "invalid_client", "unknown client or wrong secret")
+        if form.get("grant_type") != "client_credentials":
+            oauth2.refused += 1
+            return _oauth2_error(400, "unsupported_grant_type", "only client_credentials")
+        token = secrets.token_urlsafe(24)
+        oauth2.tokens[token] = time.monotonic() + oauth2.expires_in
+        oauth2.issued += 1
+        doc: dict[str, Any] = {"access_token": token, "token_type": "Bearer", "expires_in": int(oauth2.expires_in)}
+        if form.get("scope"):
+            doc["scope"] = form["scope"]
+        return web.Response(body=orjson.dumps(doc), content_type=_JSON, headers={"Cache-Control": "no-store"})
 
     async def push(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
         state = self.state
@@ -715,6 +795,9 @@ class _StubServer:
         try:
             key = request.headers.get("Idempotency-Key")
             valid_code, valid_message, instance_id = validate_body(body)
+            if state.oauth2 is not None and not state.oauth2.valid(request.headers.get("Authorization")):
+                state.oauth2.unauthorized_pushes += 1
+                return self._unauthorized(request, path, body, key, instance_id, conn.peer_port, now)
             spec = state.decide(instance_id, key)
             request_id = (spec.request_id if spec is not None else None) or str(uuid.uuid4())
             status = 200 if spec is None else spec.status
@@ -779,6 +862,19 @@ class _StubServer:
             conn.last_active = time.monotonic()
             state.in_flight -= 1
 
+    def _unauthorized(self, request: web.BaseRequest, path: str, body: bytes, key: str | None,
+                      instance_id: int | None, peer_port: int | None, now: float) -> web.Response:
+        """A push without a valid bearer token: recorded (``HTTP_401``), answered 401 ``invalid_token``."""
+        state = self.state
+        state.seq += 1
+        raw_headers = b"\r\n".join([name + b":" + value for name, value in request.raw_headers])
+        state.records.append(_Record(state.seq, now, path, raw_headers, body, key, instance_id, peer_port, 401,
+                                     "HTTP_401", None))
+        state.received += 1
+        state.by_code["HTTP_401"] = state.by_code.get("HTTP_401", 0) + 1
+        return web.Response(body=orjson.dumps({"error": "invalid_token"}), status=401, content_type=_JSON,
+                            headers={"WWW-Authenticate": 'Bearer realm="erp-stub", error="invalid_token"'})
+
     async def control(self, request: web.BaseRequest, name: str) -> web.StreamResponse:
         state = self.state
         method = request.method
@@ -809,11 +905,29 @@ class _StubServer:
             if name == "stats" and method == "DELETE":
                 state.reset_stats()
                 return _json_response(state.stats())
+            if name == "oauth2" and method == "POST":
+                raw = json.loads(await request.text() or "{}")
+                clients = raw.get("clients") if isinstance(raw, dict) else None
+                if clients is None:
+                    state.oauth2 = None
+                    return _json_response({"enabled": False})
+                if not isinstance(clients, dict) or not all(isinstance(v, str) for v in clients.values()):
+                    raise BehaviourError("oauth2.clients must be an object of client id → secret")
+                expires_in = _opt_number(raw, "expires_in", "oauth2")
+                state.oauth2 = _OAuth2(dict(clients), 3600.0 if expires_in is None else expires_in)
+                return _json_response(state.oauth2.to_json())
+            if name == "oauth2/revoke" and method == "POST":
+                if state.oauth2 is not None:
+                    state.oauth2.tokens.clear()
+                return _json_response({"revoked": True})
+            if name == "oauth2" and method == "GET":
+                return _json_response(state.oauth2.to_json() if state.oauth2 is not None else {"enabled": False})
             if name == "reset" and method == "POST":
                 state.set_behaviour(Behaviour(latency_ms=state.base_latency_ms, capacity=state.base_capacity))
                 state.clear_records()
                 state.reset_stats()
                 state.seq = 0
+                state.oauth2 = None
                 return _json_response({"reset": True})
         except (BehaviourError, ValueError) as exc:
             return _json_response({"error": str(exc)}, status=400)
@@ -1001,6 +1115,21 @@ class StubClient:
             raise ValueError(f"ERP stub refused {method} /_stub/{path}: {response.json().get('error')}")
         response.raise_for_status()
         return json.loads(response.content)  # the stdlib parser keeps every integer exact
+
+    def oauth2(self, clients: dict[str, str] | None, expires_in: float = 3600.0) -> dict[str, Any]:
+        """Require OAuth2 bearer tokens issued by ``/oauth/token`` to these clients (None: stop requiring)."""
+        result: dict[str, Any] = self._call("POST", "oauth2", content=json.dumps(
+            {"clients": clients, "expires_in": expires_in}), headers={"Content-Type": _JSON})
+        return result
+
+    def oauth2_revoke(self) -> None:
+        """Forget every issued token: the next push carrying one is answered 401."""
+        self._call("POST", "oauth2/revoke")
+
+    def oauth2_stats(self) -> dict[str, Any]:
+        """The token endpoint's counters (``issued``, ``refused``, ``valid_tokens``, ``unauthorized_pushes``)."""
+        result: dict[str, Any] = self._call("GET", "oauth2")
+        return result
 
     def behaviour(self, **fields: Any) -> dict[str, Any]:
         """Replace the behaviour; omitted fields take their start values (see the module docstring).

@@ -11,6 +11,10 @@
   loop, carried by a :class:`~consumer.erp.http.Sender`: by default aiohttp's client used directly
   (chosen by measurement, see :mod:`consumer.erp.http`); given an httpx transport (unit tests pass an
   ``httpx.MockTransport``), through it.
+* OAuth2 client credentials (``ERP_SYNC_ERP_OAUTH2_*``): the token comes from
+  :class:`~.auth.OAuth2Bearer` (Authlib) and goes into ``Authorization: Bearer …``; a 401 answer gets
+  one token refresh and one re-send, then the verdict rules as usual. A token endpoint that fails is
+  a *retry* verdict ``AuthFailure.OAuth2Token`` (the whole endpoint waits; ErpSyncErpAuthFailure).
 * A request that fails on a pooled connection the ERP already closed is re-sent once at once on a
   fresh connection; keep-alive connections idle for more than ``KEEPALIVE_EXPIRY_S`` are dropped
   before the ERP's idle timeout can race us.
@@ -25,10 +29,10 @@ import httpx
 
 from .. import __version__
 from ..errors import ConfigError
-from ..settings import Settings
-from .auth import sign, tls_context
+from ..settings import Settings, redact_url
+from .auth import OAuth2Bearer, sign, tls_context
 from .http import AiohttpSender, HttpxSender, Sender, TransportFailure
-from .verdict import Verdict, transport_failure_verdict, verdict
+from .verdict import MAX_MESSAGE_CHARS, Outcome, Verdict, transport_failure_verdict, verdict
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +78,11 @@ class ErpClient:
             log.warning("ERP_SYNC_ERP_TLS_VERIFY=false: the ERP's certificate is NOT verified",
                         extra={"event": "tls_verify_off"})
         self._headers = headers
+        tls = tls_context(settings)
         self._sender: Sender = (
-            AiohttpSender(self.url, tls_context(settings), max_connections, settings.erp_timeout_seconds,
-                          KEEPALIVE_EXPIRY_S) if transport is None
-            else HttpxSender(self.url, transport, settings.erp_timeout_seconds))
+            AiohttpSender(self.url, tls, max_connections, settings.erp_timeout_seconds, KEEPALIVE_EXPIRY_S)
+            if transport is None else HttpxSender(self.url, transport, settings.erp_timeout_seconds))
+        self.oauth2 = OAuth2Bearer(settings, tls) if settings.erp_oauth2_token_url else None
 
     def _request_headers(self, body: bytes, idempotency_key: str) -> dict[str, str]:
         headers = {**self._headers, "Idempotency-Key": idempotency_key}
@@ -96,18 +101,40 @@ class ErpClient:
             The verdict; transport failures are *retry* verdicts named after the error.
         """
         headers = self._request_headers(body, idempotency_key)
-        try:
-            answer = await self._sender.post(headers, body)
-        except TransportFailure as failure:
-            if not failure.stale:
-                return transport_failure_verdict(failure.code, failure.message)
-            try:  # the ERP closed a pooled keep-alive connection: once more, on a fresh one
+        oauth2 = self.oauth2
+        if oauth2 is not None:
+            try:
+                headers["Authorization"] = await oauth2.authorization()
+            except Exception as exc:  # noqa: BLE001 - the token endpoint's failures are many
+                return self._token_failure(exc)
+        fresh_connection_left = True
+        token_refresh_left = oauth2 is not None
+        while True:
+            try:
                 answer = await self._sender.post(headers, body)
-            except TransportFailure as again:
-                return transport_failure_verdict(again.code, again.message)
-        return verdict(answer.status, answer.headers, answer.body, retry_codes=self.retry_codes,
-                       duplicate_codes=self.duplicate_codes, retry_statuses=self.retry_statuses)
+            except TransportFailure as failure:
+                if fresh_connection_left and failure.stale:
+                    fresh_connection_left = False
+                    continue  # the ERP closed a pooled keep-alive connection: once more, on a fresh one
+                return transport_failure_verdict(failure.code, failure.message)
+            if answer.status == 401 and token_refresh_left and oauth2 is not None:
+                token_refresh_left = False  # one refresh and one re-send, then the verdict as usual
+                try:
+                    headers["Authorization"] = await oauth2.refresh(headers["Authorization"])
+                except Exception as exc:  # noqa: BLE001
+                    return self._token_failure(exc)
+                continue
+            return verdict(answer.status, answer.headers, answer.body, retry_codes=self.retry_codes,
+                           duplicate_codes=self.duplicate_codes, retry_statuses=self.retry_statuses)
+
+    def _token_failure(self, exc: BaseException) -> Verdict:
+        """A token endpoint that refused or did not answer: retry (the whole endpoint waits), an auth code."""
+        assert self.oauth2 is not None
+        message = f"OAuth2 token endpoint {redact_url(self.oauth2.token_url)}: {type(exc).__name__}: {exc}"
+        return Verdict(Outcome.RETRY, "AuthFailure.OAuth2Token", message[:MAX_MESSAGE_CHARS])
 
     async def aclose(self) -> None:
         """Close the connection pool (on the event loop that pushed)."""
         await self._sender.aclose()
+        if self.oauth2 is not None:
+            await self.oauth2.aclose()

@@ -58,9 +58,11 @@ def check_registry(settings: Settings, timeout_s: float = TIMEOUT_S) -> Check | 
         return None
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
+    from ..decode import registry_client_config
+
     what = f"schema registry {redact_url(settings.schema_registry_url)}"
     try:
-        client = SchemaRegistryClient({"url": settings.schema_registry_url, "timeout": max(1, int(timeout_s))})
+        client = SchemaRegistryClient({**registry_client_config(settings), "timeout": max(1, int(timeout_s))})
         subjects = client.get_subjects()
     except Exception as exc:  # noqa: BLE001 - transport and HTTP errors alike
         return Check(what, False, f"unreachable ({type(exc).__name__}: {exc})")

@@ -369,6 +369,7 @@ def replay_dead_letters(settings: Settings, dry_run: bool, error_class: str | No
     progress = Progress("dlq replay", sum(end - start for start, end in positions.ranges.values()))
     writer = None if dry_run else _WriteBack(settings, dlq)
     handled = 0
+    decoder = events.decoder_for(settings)  # the run's decoder: same registry, same rules
 
     def bar() -> str:
         if dry_run:
@@ -458,7 +459,7 @@ def replay_dead_letters(settings: Settings, dry_run: bool, error_class: str | No
         event: dict[str, Any] | None = None
         attempts = int_header(h, H_ATTEMPTS)
         try:
-            event = events.decode(letter_value(settings, msg, h), max_bytes=settings.max_value_bytes)
+            event = decoder(letter_value(settings, msg, h))
             if not transform.is_pushed(event):
                 record(msg, h, instance_of(event), "skipped", f"status {event.get('status')} is not pushed")
             else:

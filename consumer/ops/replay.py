@@ -215,6 +215,7 @@ def replay_window(settings: Settings, start_ms: int, end_ms: int, instance_ids: 
             progress.advance(detail=_replay_detail(summary, dry_run))
         return done
 
+    decoder = events.decoder_for(settings)  # the run's decoder: same registry, same rules
     with open_pushes(settings, progress, options, dry_run) as pushes:
         def handle(msg: Message) -> Step:
             summary.counts["scanned"] += 1
@@ -226,7 +227,7 @@ def replay_window(settings: Settings, start_ms: int, end_ms: int, instance_ids: 
                 return Step.NEXT
             event: dict[str, Any] | None = None
             try:
-                event = events.decode(msg.value(), max_bytes=settings.max_value_bytes)
+                event = decoder(msg.value())
                 if instance_ids is not None and event.get("instance_id") not in instance_ids:
                     summary.counts["not_selected"] += 1
                 elif not transform.is_pushed(event):

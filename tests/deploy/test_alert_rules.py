@@ -53,6 +53,7 @@ EXPECTED_ALERTS = frozenset(
         "ErpSyncParkedNearDeadline",
         "ErpSyncRetryDeadlineExceeded",
         "ErpSyncParkedGrowing",
+        "ErpSyncUnknownStatus",
     }
 )
 SEVERITIES = frozenset({"critical", "warning", "info"})
@@ -60,9 +61,8 @@ SEVERITIES = frozenset({"critical", "warning", "info"})
 # Alerts on an event that already happened (a dead letter, a reset offset): they
 # fire at once and their expression's window keeps them firing. Every other
 # alert needs a `for:`, so that a start-up, a rebalance or one answer cannot page.
-EVENT_ALERTS = frozenset(
-    {"ErpSyncDeadLetters", "ErpSyncOffsetsReset", "ErpSyncDeadLetterValuesOmitted", "ErpSyncRetryDeadlineExceeded"}
-)
+EVENT_ALERTS = frozenset({"ErpSyncDeadLetters", "ErpSyncOffsetsReset", "ErpSyncDeadLetterValuesOmitted",
+                          "ErpSyncRetryDeadlineExceeded", "ErpSyncUnknownStatus"})
 README = REPO_ROOT / "README.md"
 
 

@@ -40,6 +40,7 @@ EXPORTED_METRICS = frozenset(
         "erp_sync_erp_request_duration_seconds",
         "erp_sync_dead_letters_total",
         "erp_sync_in_flight",
+        "erp_sync_in_flight_limit",
         "erp_sync_retry_backoff_seconds",
         "erp_sync_commits_total",
         "erp_sync_rebalances_total",
@@ -59,8 +60,8 @@ EXPORTED_METRICS = frozenset(
         "erp_sync_parked_records",
         "erp_sync_parked_oldest_age_seconds",
         "erp_sync_retry_deadline_seconds",
-        # issue 14: adaptive concurrency
-        "erp_sync_in_flight_limit",
+        "erp_sync_skipped_total",
+        "erp_sync_unknown_status_records_total",
         # prometheus-client defaults
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",

@@ -1,85 +1,252 @@
-"""Confluent-framed values resolved through a schema registry (a real HTTP server answering the
-registry's REST API for one schema id), with confluent-kafka's SchemaRegistryClient."""
+"""Schema evolution end to end (issue 12): Confluent-framed values written by confluent-kafka's own
+``AvroSerializer`` through a schema registry's REST API, read by ``erp-sync run``, ``replay`` and
+``dlq replay`` against a real broker and the real ERP stub.
+
+The registry is consumer/devstack/registry_stub.py (real HTTP, optional TLS, client certificates and
+Basic auth, answering the REST calls confluent-kafka's client and serializers make): no real
+Confluent-compatible registry could be run from the package registries this project reaches
+(dev/README.md, "Schema registry").
+
+v1 is schemas/workflow_completed.v1.avsc; v2 adds an optional field and the status AUTO_APPROVED; a
+"micros" writer changes ``end_time`` to ``timestamp-micros``; v3 (registered only after the run) adds
+another optional field.
+"""
 
 from __future__ import annotations
 
+import copy
 import json
-import threading
+import subprocess
+from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
 
-from consumer.decode import SCHEMA_JSON, decode, registry_lookup
-from consumer.decode.schema import parse_plain_schema
+from consumer import transform
+from consumer.decode import SCHEMA_JSON, Decoder, registry_lookup
+from consumer.delivery.dead_letters import H_CLASS, H_CODE
 from consumer.devstack.events import confluent_frame, encode, spec_example_event
+from consumer.devstack.registry_stub import RegistryStub
 from consumer.errors import DecodeError
+from dev.harness import (
+    ERP_SYNC,
+    Broker,
+    committed,
+    consumer_env,
+    create_topic,
+    header_map,
+    high_watermarks,
+    log_events,
+    produce,
+    read_all,
+    run_until_idle,
+    unique,
+)
+from tests.unit.test_schema_evolution import micros_schema, v2_schema
 
-V2 = dict(SCHEMA_JSON)
-# a later writer version: one extra optional field; the v1 reader must still decode it
-V2["fields"] = [*SCHEMA_JSON["fields"], {"name": "tenant", "type": ["null", "string"], "default": None}]
+SPEC = spec_example_event()
+
+
+def v3_schema() -> dict[str, Any]:
+    schema = v2_schema()
+    schema["fields"].append({"name": "region", "type": ["null", "string"], "default": None})
+    return schema
+
+
+def serializer(client: SchemaRegistryClient, schema: dict[str, Any]) -> AvroSerializer:
+    """confluent-kafka's serializer: registers the schema under ``<topic>-value`` on first use."""
+    return AvroSerializer(client, json.dumps(schema))
+
+
+def serialize(ser: AvroSerializer, topic: str, event: dict[str, Any]) -> bytes:
+    value = ser(event, SerializationContext(topic, MessageField.VALUE))
+    assert value is not None
+    return value
+
+
+def body_of(instance_id: int) -> bytes:
+    """The ERP body of the v1 spec example with this InstanceId: what every version must produce."""
+    return transform.erp_request({**SPEC, "instance_id": instance_id})[0]
 
 
 @pytest.fixture
-def registry() -> Iterator[tuple[str, list[str]]]:
-    schemas = {7: json.dumps(SCHEMA_JSON), 8: json.dumps(V2)}
-    calls: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            calls.append(self.path)
-            schema_id = int(self.path.split("/schemas/ids/")[1].split("?")[0]) if "/schemas/ids/" in self.path else -1
-            if schema_id in schemas:
-                status, doc = 200, {"schema": schemas[schema_id]}
-            else:
-                status, doc = 404, {"error_code": 40403, "message": "Schema not found"}
-            body = json.dumps(doc).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", calls
-    finally:
-        server.shutdown()
+def registry() -> Iterator[RegistryStub]:
+    with RegistryStub() as stub:
+        yield stub
 
 
-def test_confluent_framed_value_decodes_through_the_registry(registry: tuple[str, list[str]]) -> None:
-    url, calls = registry
-    lookup = registry_lookup(url)
-    value = confluent_frame(7, encode(spec_example_event()))
-    assert decode(value, writer_schema_lookup=lookup) == decode(
-        encode(spec_example_event()))
-    decode(value, writer_schema_lookup=lookup)
-    assert len(calls) == 1  # parsed schema cached by id
+def test_the_serializers_rest_calls_are_answered_and_decode_through_the_registry(registry: RegistryStub) -> None:
+    client = SchemaRegistryClient({"url": registry.url})
+    topic = "wf"
+    v1 = serializer(client, SCHEMA_JSON)
+    v2 = serializer(client, v2_schema())
+    framed_v1 = serialize(v1, topic, {**SPEC, "instance_id": 1})
+    framed_v2 = serialize(v2, topic, {**SPEC, "instance_id": 2, "tenant_name": "acme"})
+    assert framed_v1[:5] == confluent_frame(1, b"") and framed_v2[:5] == confluent_frame(2, b"")
+    assert serialize(v1, topic, SPEC)[:5] == confluent_frame(1, b"")  # the same schema keeps its id
+    assert client.get_subjects() == ["wf-value"]
+    assert client.get_latest_version("wf-value").schema_id == 2
+    assert client.get_versions("wf-value") == [1, 2]
+    decoder = Decoder(writer_schema_lookup=registry_lookup(registry.url))
+    for value, iid in ((framed_v1, 1), (framed_v2, 2)):
+        event = decoder.approved(value)
+        assert not isinstance(event, str) and transform.erp_request(event)[0] == body_of(iid)
+    gets = [c for c in registry.calls if c.startswith("GET /schemas/ids/")]
+    assert sorted(gets) == ["GET /schemas/ids/1", "GET /schemas/ids/2"]  # once per schema id
+    # confluent-kafka's own deserializer reads v2 through the same REST calls with v1 as its reader (it
+    # applies the logical types: plausible milliseconds here, the spec example's 19-digit times overflow)
+    plausible = {**SPEC, "instance_id": 8, "event_time": 1732886400000, "start_time": 1732886000000,
+                 "end_time": 1732886399000, "approvals": [], "tenant_name": None}
+    deserialized = AvroDeserializer(client, json.dumps(SCHEMA_JSON))(
+        serialize(v2, topic, plausible), SerializationContext(topic, MessageField.VALUE))
+    assert deserialized is not None and deserialized["instance_id"] == 8 and "tenant_name" not in deserialized
+    with pytest.raises(DecodeError) as info:
+        decoder.approved(confluent_frame(99, encode(SPEC)))
+    assert info.value.code == "UnknownSchemaId" and "99" in info.value.message
 
 
-def test_newer_writer_schema_is_resolved_to_v1(registry: tuple[str, list[str]]) -> None:
+def window() -> list[str]:
+    now = datetime.now(UTC)
+    return ["--from", (now - timedelta(hours=1)).isoformat(), "--to", (now + timedelta(hours=1)).isoformat()]
+
+
+def erp_sync(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([ERP_SYNC, *args], env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.kafka
+def test_run_replay_and_dlq_replay_read_v1_v2_and_new_statuses_through_the_registry(
+        broker: Broker, registry: RegistryStub, erp: Any, stub: Any, tmp_path: Path) -> None:
+    topic, group = unique("sr"), unique("group-sr")
+    create_topic(broker, topic)
+    create_topic(broker, topic + ".dlq")
+    client = SchemaRegistryClient({"url": registry.url})
+    v1, v2, micros = (serializer(client, s) for s in (SCHEMA_JSON, v2_schema(), micros_schema()))
+    # id 4 does not exist yet: a producer ahead of the registry (v3 is registered after the run)
     import io
 
     import fastavro
 
-    url, _ = registry
-    event = {**spec_example_event(), "tenant": "acme"}
+    from consumer.decode.schema import parse_plain_schema
     out = io.BytesIO()
-    fastavro.schemaless_writer(out, parse_plain_schema(V2), event)
-    decoded = decode(confluent_frame(8, out.getvalue()), writer_schema_lookup=registry_lookup(url))
-    assert "tenant" not in decoded
-    assert decoded["instance_id"] == 1427810976874430514
-    assert decoded["start_time"] == 1427811121259155459
+    fastavro.schemaless_writer(out, parse_plain_schema(v3_schema()), {**SPEC, "instance_id": 6, "tenant_name": None,
+                                                                      "region": "eu"})
+    values = {
+        1: serialize(v1, topic, {**SPEC, "instance_id": 1}),
+        2: serialize(v2, topic, {**SPEC, "instance_id": 2, "tenant_name": "acme"}),
+        3: serialize(v2, topic, {**SPEC, "instance_id": 3, "status": "AUTO_APPROVED", "tenant_name": None}),
+        4: serialize(v2, topic, {**SPEC, "instance_id": 4, "status": "REJECTED", "tenant_name": None}),
+        5: serialize(micros, topic, {**SPEC, "instance_id": 5}),
+        6: confluent_frame(4, out.getvalue()),
+        7: encode({**SPEC, "instance_id": 7}),  # bare v1 still works beside the framed ones
+    }
+    produce(broker, topic, [(str(iid).encode(), v) for iid, v in values.items()])
+    env = consumer_env(broker, topic, group, erp.url, ERP_SYNC_SCHEMA_REGISTRY_URL=registry.url,
+                       ERP_SYNC_COMMIT_INTERVAL_SECONDS="0.2")
+    log = run_until_idle(env, tmp_path / "run.log", idle_s=1.5, timeout=90).log()
+
+    # run: v1, v2 and bare v1 approved records arrive byte-exact, the v1 body
+    pushed = {r["instance_id"]: r["body"].encode() for r in stub.requests() if r["code"] == "OK"}
+    assert pushed == {iid: body_of(iid) for iid in (1, 2, 7)}, log[-3000:]
+    letters = {int(m.key()): (header_map(m)[H_CLASS], header_map(m)[H_CODE], m.value())
+               for m in read_all(broker, topic + ".dlq")}
+    assert {iid: letter[:2] for iid, letter in letters.items()} == {
+        3: ("validation", "UnknownStatus"), 5: ("decode", "IncompatibleSchema"), 6: ("decode", "UnknownSchemaId")}
+    assert all(letters[iid][2] == values[iid] for iid in letters)  # the original bytes, replayable
+    assert committed(broker, group, topic) == high_watermarks(broker, topic)
+    events = log_events(log)
+    unknown = [e for e in events if e.get("event") == "unknown_status"]
+    assert len(unknown) == 1 and unknown[0]["status"] == "AUTO_APPROVED" and unknown[0]["schema_id"] == 2
+    stopped = next(e for e in events if e.get("event") == "stopped")["message"]
+    assert stopped.startswith("stopped: 3 pushed, 0 duplicates, 1 skipped, 3 dead-lettered"), stopped
+    assert "end_time: long (timestamp-micros)" in next(e for e in events if e.get("event") == "incompatible_schema")[
+        "message"]
+    run_paths = {"pushed": sorted(pushed), "skipped": [4], "dead-lettered": sorted(letters)}
+
+    # the registry learns id 4; the operator decides AUTO_APPROVED is to be skipped
+    assert serialize(serializer(client, v3_schema()), topic, {**SPEC, "tenant_name": None, "region": None})[:5] \
+        == confluent_frame(4, b"")
+    replay_env = {**env, "ERP_SYNC_UNKNOWN_STATUS": "skip"}
+    first = erp_sync(replay_env, "dlq", "replay")
+    assert first.returncode == 1, first.stdout + first.stderr  # the incompatible writer fails again
+    assert (f"3 dead letters: 1 accepted, 0 duplicates, 1 skipped, 0 failed again (back on {topic}.dlq), 1 still "
+            "failing for the same reason (left in place)") in first.stdout, first.stdout
+    allowed = erp_sync({**replay_env, "ERP_SYNC_SCHEMA_REGISTRY_ALLOW_INCOMPATIBLE": "3"}, "dlq", "replay")
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    assert "1 dead letter: 1 accepted" in allowed.stdout, allowed.stdout
+    after_dlq = Counter(r["instance_id"] for r in stub.requests() if r["code"] == "OK")
+    assert after_dlq == Counter({1: 1, 2: 1, 7: 1, 6: 1, 5: 1})
+
+    # replay reads the framed values as run does (same registry settings, same decoder)
+    replay = erp_sync(env, "replay", *window())
+    assert replay.returncode == 1, replay.stdout + replay.stderr  # 3 (UnknownStatus) and 5 fail: listed
+    assert "pushed: 4" in replay.stdout and "skipped (status not APPROVED): 1" in replay.stdout, replay.stdout
+    assert "validation UnknownStatus" in replay.stdout and "decode IncompatibleSchema" in replay.stdout
+    replayed = Counter(r["instance_id"] for r in stub.requests() if r["code"] == "OK") - after_dlq
+    assert replayed == Counter({1: 1, 2: 1, 6: 1, 7: 1})
+    for r in stub.requests():
+        assert r["body"].encode() == body_of(r["instance_id"])
+    print(f"\nrecords per path: run {run_paths}; dlq replay (skip policy) accepted [6] skipped [3] still failing [5]; "
+          f"dlq replay (allow id 3) accepted [5]; replay pushed {sorted(replayed)} skipped [4] failed [3, 5]")
 
 
-def test_unknown_schema_id_is_a_decode_error(registry: tuple[str, list[str]]) -> None:
-    url, _ = registry
-    value = confluent_frame(99, encode(spec_example_event()))
-    with pytest.raises(DecodeError) as info:
-        decode(value, writer_schema_lookup=registry_lookup(url))
-    assert info.value.code == "UnknownSchemaId"
-    assert "99" in info.value.message
+@pytest.mark.kafka
+def test_registry_tls_client_certificate_and_basic_auth_pass_through_and_stay_secret(
+        broker: Broker, erp: Any, stub: Any, tmp_path: Path) -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    ca.configure_trust(server_ctx)
+    server_ctx.verify_mode = ssl.CERT_REQUIRED  # a client certificate is required
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    client_cert = ca.issue_cert("erp-sync@example.com")
+    client_cert.cert_chain_pems[0].write_to_path(str(tmp_path / "client.pem"))
+    client_cert.private_key_pem.write_to_path(str(tmp_path / "client.key"))
+    secret = "sr-pa55-XYZ"
+    (tmp_path / "user-info").write_text(f"erp-sync:{secret}\n")
+    with RegistryStub(user_info=f"erp-sync:{secret}", tls=server_ctx) as registry:
+        sr_conf = {"url": registry.url, "ssl.ca.location": str(tmp_path / "ca.pem"),
+                   "ssl.certificate.location": str(tmp_path / "client.pem"),
+                   "ssl.key.location": str(tmp_path / "client.key"), "basic.auth.user.info": f"erp-sync:{secret}"}
+        topic, group = unique("sr-tls"), unique("group-sr-tls")
+        create_topic(broker, topic)
+        create_topic(broker, topic + ".dlq")
+        value = serialize(serializer(SchemaRegistryClient(sr_conf), SCHEMA_JSON), topic, {**SPEC, "instance_id": 11})
+        produce(broker, topic, [(b"11", value)])
+        env = consumer_env(broker, topic, group, erp.url, ERP_SYNC_SCHEMA_REGISTRY_URL=registry.url,
+                           ERP_SYNC_SCHEMA_REGISTRY_CA_BUNDLE=str(tmp_path / "ca.pem"),
+                           ERP_SYNC_SCHEMA_REGISTRY_CLIENT_CERT=str(tmp_path / "client.pem"),
+                           ERP_SYNC_SCHEMA_REGISTRY_CLIENT_KEY=str(tmp_path / "client.key"),
+                           ERP_SYNC_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO_FILE=str(tmp_path / "user-info"))
+        log = run_until_idle(env, tmp_path / "run.log", idle_s=1.0, timeout=60).log()
+        assert [r["instance_id"] for r in stub.requests()] == [11], log[-3000:]
+        assert secret not in log
+        checked = erp_sync(env, "check-config", "--connect", "--connect-timeout", "5")
+        assert secret not in checked.stdout + checked.stderr
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert "ok      schema registry" in checked.stderr, checked.stderr
+        inline = {k: v for k, v in env.items() if k != "ERP_SYNC_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO_FILE"}
+        printed = erp_sync({**inline, "ERP_SYNC_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": f"erp-sync:{secret}"},
+                           "check-config")
+        assert printed.returncode == 0, printed.stderr
+        assert secret not in printed.stdout + printed.stderr
+        shown = json.loads(printed.stdout)
+        assert shown["ERP_SYNC_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO"] == "**********"
+        assert shown["ERP_SYNC_SCHEMA_REGISTRY_CLIENT_CERT"] == str(tmp_path / "client.pem")
+        # without the client certificate the registry refuses: a dead letter to replay, not a silent skip
+        no_cert = {k: v for k, v in env.items() if "CLIENT_" not in k}
+        produce(broker, topic, [(b"12", serialize(serializer(SchemaRegistryClient(sr_conf), copy.deepcopy(v2_schema())),
+                                                   topic, {**SPEC, "instance_id": 12, "tenant_name": None}))])
+        run_until_idle(no_cert, tmp_path / "run2.log", idle_s=1.0, timeout=90)
+        letters = [header_map(m)[H_CODE] for m in read_all(broker, topic + ".dlq")]
+        assert letters == ["UnknownSchemaId"]

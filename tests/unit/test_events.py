@@ -9,7 +9,7 @@ from typing import Any
 import fastavro
 import pytest
 
-from consumer.decode import READER_SCHEMA, SCHEMA_JSON, STATUSES, decode
+from consumer.decode import READER_SCHEMA, SCHEMA_JSON, STATUSES, Decoder, decode
 from consumer.decode.schema import parse_plain_schema, schema_path
 from consumer.devstack.events import confluent_frame, encode, spec_example_event
 from consumer.errors import DecodeError, RecordError
@@ -170,7 +170,7 @@ def test_confluent_framed_with_registry() -> None:
 
     def lookup(schema_id: int) -> Any:
         asked.append(schema_id)
-        return READER_SCHEMA
+        return SCHEMA_JSON  # the registry's text, parsed: logical types included
 
     assert decode(confluent_frame(1, SPEC_BYTES), writer_schema_lookup=lookup) == SPEC_EVENT
     assert decode(confluent_frame(70000, SPEC_BYTES), writer_schema_lookup=lookup) == SPEC_EVENT
@@ -188,13 +188,13 @@ def test_confluent_unknown_schema_id() -> None:
 
 def test_confluent_trailing_bytes() -> None:
     err = decode_error(confluent_frame(1, SPEC_BYTES + b"\x00\x00"),
-                       writer_schema_lookup=lambda _i: READER_SCHEMA)
+                       writer_schema_lookup=lambda _i: SCHEMA_JSON)
     assert err.code == "TrailingBytes"
     assert err.message.startswith("2 bytes after")
 
 
 def test_confluent_header_only_is_invalid_avro() -> None:
-    err = decode_error(confluent_frame(1, b""), writer_schema_lookup=lambda _i: READER_SCHEMA)
+    err = decode_error(confluent_frame(1, b""), writer_schema_lookup=lambda _i: SCHEMA_JSON)
     assert err.code == "InvalidAvro"
 
 
@@ -206,11 +206,11 @@ def test_confluent_resolves_an_older_writer_schema() -> None:
     out = io.BytesIO()
     record = {k: v for k, v in SPEC_EVENT.items() if k not in ("variables", "approvals")}
     fastavro.schemaless_writer(out, writer, record)
-    decoded = decode(confluent_frame(5, out.getvalue()), writer_schema_lookup=lambda _i: writer)
+    decoded = decode(confluent_frame(5, out.getvalue()), writer_schema_lookup=lambda _i: writer_json)
     assert decoded == {**record, "variables": {}, "approvals": []}
 
 
-def test_confluent_incompatible_writer_schema_is_invalid_avro() -> None:
+def test_confluent_incompatible_writer_schema_is_refused() -> None:
     writer_json = copy.deepcopy(SCHEMA_JSON)
     for f in writer_json["fields"]:
         if f["name"] == "flow_code":
@@ -218,8 +218,13 @@ def test_confluent_incompatible_writer_schema_is_invalid_avro() -> None:
     writer = parse_plain_schema(writer_json)
     out = io.BytesIO()
     fastavro.schemaless_writer(out, writer, {**SPEC_EVENT, "flow_code": "abc"})
-    err = decode_error(confluent_frame(5, out.getvalue()), writer_schema_lookup=lambda _i: writer)
-    assert err.code == "InvalidAvro"
+    err = decode_error(confluent_frame(5, out.getvalue()), writer_schema_lookup=lambda _i: writer_json)
+    assert err.code == "IncompatibleSchema"
+    assert "flow_code: string in the writer schema where v1 has long" in err.message
+    allowed = Decoder(writer_schema_lookup=lambda _i: writer_json, allow_incompatible=frozenset({5}))
+    with pytest.raises(DecodeError) as info:  # allowed, but a string cannot be read as a long
+        allowed(confluent_frame(5, out.getvalue()))
+    assert info.value.code == "InvalidAvro"
 
 
 @pytest.mark.parametrize("index_byte", [0x0A, 0x0C, 0x7E, 0x7F])

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consumer import transform
-from consumer.decode import READER_SCHEMA, STATUSES, decode
+from consumer.decode import SCHEMA_JSON, STATUSES, decode
 from consumer.devstack.events import confluent_frame, encode, spec_example_event
 from consumer.errors import RecordError, ValidationError
 
@@ -115,7 +115,7 @@ def test_spec_example_through_avro() -> None:
 
 def test_spec_example_through_confluent_framing() -> None:
     framed = confluent_frame(42, encode(spec_example_event()))
-    decoded = decode(framed, writer_schema_lookup=lambda _id: READER_SCHEMA)
+    decoded = decode(framed, writer_schema_lookup=lambda _id: SCHEMA_JSON)
     assert transform.erp_request(decoded) == (SPEC_BODY, SPEC_KEY)
 
 
