@@ -21,6 +21,18 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+
+try:  # libuv's event loop: about a tenth less CPU per push than asyncio's own (bench/, issue 14)
+    import uvloop
+
+    def new_event_loop() -> asyncio.AbstractEventLoop:
+        """An event loop of libuv (uvloop)."""
+        return uvloop.new_event_loop()
+
+    EVENT_LOOP = "uvloop"
+except ImportError:  # pragma: no cover - a platform without uvloop wheels
+    new_event_loop = asyncio.new_event_loop
+    EVENT_LOOP = "asyncio"
 R = TypeVar("R")
 
 log = logging.getLogger(__name__)
@@ -46,7 +58,10 @@ class KeyedDispatcher(Generic[T]):
         self._max_in_flight = max_in_flight
         self._queues: dict[Hashable, deque[tuple[T, AbstractAsyncContextManager[Any] | None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self.loop = asyncio.new_event_loop()
+        self._incoming: list[tuple[Hashable, T, AbstractAsyncContextManager[Any] | None]] = []
+        self._incoming_lock = threading.Lock()
+        self._wakeup_pending = False
+        self.loop = new_event_loop()
         self._semaphore: AbstractAsyncContextManager[Any] | None = None
         self._thread = threading.Thread(target=self._run_loop, name="erp-push-loop", daemon=True)
         self._started = threading.Event()
@@ -71,8 +86,22 @@ class KeyedDispatcher(Generic[T]):
         """Queue ``task`` behind earlier tasks of ``key`` (thread-safe; returns at once).
 
         ``limiter``: the concurrency it runs under (None: the dispatcher's ``max_in_flight``).
+        Submissions made while the loop has not picked up the earlier ones yet travel together: one
+        wake-up of the loop thread per batch, not per record.
         """
-        self.loop.call_soon_threadsafe(self._enqueue, key, task, limiter)
+        with self._incoming_lock:
+            self._incoming.append((key, task, limiter))
+            if self._wakeup_pending:
+                return
+            self._wakeup_pending = True
+        self.loop.call_soon_threadsafe(self._take_incoming)
+
+    def _take_incoming(self) -> None:
+        with self._incoming_lock:
+            incoming, self._incoming = self._incoming, []
+            self._wakeup_pending = False
+        for key, task, limiter in incoming:
+            self._enqueue(key, task, limiter)
 
     def _enqueue(self, key: Hashable, task: T, limiter: AbstractAsyncContextManager[Any] | None) -> None:
         queue = self._queues.get(key)

@@ -35,6 +35,7 @@ from ..routes import load_routes
 from ..settings import Settings, redact_url
 from .commit import Committer
 from .dead_letters import H_ATTEMPTS, DeadLetterProducer, DeadLetterWriter, headers_of, int_header, read_headers
+from .dispatch import EVENT_LOOP
 from .endpoints import Endpoints
 from .flow import Backpressure, LagReporter, StaticWatermarks, WatermarkSource, idle_for
 from .inflight import InFlight
@@ -148,9 +149,9 @@ class Pipeline:
         self._subscribe()
         routes = "; ".join(f"{r.name} → {redact_url(r.settings.erp_url)}" for r in self.routes.routes)
         parked = ", ".join(f"{t} → {r}" for t, r in self.parking.retry_of.items()) or "off"
-        log.info("consuming %s as group %s; routes: %s; dead letters to %s; parking: %s; Avro reader %s", s.topic,
-                 s.group_id, routes, s.dead_letter_topic, parked,
-                 "compiled" if avro_v1.COMPILED else "interpreted (slower: built without mypyc)",
+        log.info("consuming %s as group %s; routes: %s; dead letters to %s; parking: %s; Avro reader %s; push event "
+                 "loop %s", s.topic, s.group_id, routes, s.dead_letter_topic, parked,
+                 "compiled" if avro_v1.COMPILED else "interpreted (slower: built without mypyc)", EVENT_LOOP,
                  extra={"event": "started"})
         self.health.started = True
 

@@ -32,7 +32,7 @@ import asyncio
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
@@ -130,10 +130,7 @@ class AiohttpSender:
 
     async def post(self, headers: Mapping[str, str], body: bytes) -> Answer:
         """The answer; raises :class:`TransportFailure` when there is none."""
-        import aiohttp
-
-        session = self._session or self._open()
-        assert isinstance(session, aiohttp.ClientSession)
+        session: Any = self._session or self._open()  # no import here: this runs for every push
         try:
             async with session.post(self._url, data=body, headers=headers, allow_redirects=False) as response:
                 content = await response.read()
