@@ -35,14 +35,32 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   echo "$want" > "$stamp"
 fi
 
+# Debian's prometheus package starts a service (:9090) when installed; the tests start their own
+# prometheus on a free port, so none is wanted. A policy-rc.d answering 101 ("action forbidden") makes
+# invoke-rc.d and deb-systemd-invoke start nothing. It is ours only when we created it, and removed
+# then; an existing one is the administrator's policy and stays as it is. (ERP_SYNC_POLICY_RC_D: the
+# path, for the tests.) Nothing is stopped afterwards: this script ends only processes it started.
+POLICY_RC_D="${ERP_SYNC_POLICY_RC_D:-/usr/sbin/policy-rc.d}"
+OWN_POLICY=""
+drop_policy() { [[ -z "$OWN_POLICY" ]] || rm -f "$OWN_POLICY"; OWN_POLICY=""; }
+apt_install_without_services() {  # apt_install_without_services PACKAGE...
+  trap drop_policy EXIT
+  # set -C: created only if absent, atomically (never overwrites one that appeared meanwhile)
+  if (set -C; printf '#!/bin/sh\n# apaas-erp-sync scripts/bootstrap.sh: no service starts while it installs\nexit 101\n' \
+        >"$POLICY_RC_D") 2>/dev/null; then
+    OWN_POLICY="$POLICY_RC_D"
+    chmod 755 "$POLICY_RC_D"
+  fi
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  drop_policy
+}
+
 if [[ "${1:-}" == "--with-tools" ]]; then
   if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
     if [[ "$(id -u)" == "0" ]]; then
       say "installing Debian package prometheus (promtool, prometheus)"
-      apt-get update -qq >/dev/null
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
-      # the package starts a service on :9090 where systemd/init runs; the tests start their own
-      (pkill -x prometheus || true) 2>/dev/null
+      apt_install_without_services prometheus
     else
       say "promtool is missing: run 'sudo apt-get install -y prometheus' (Debian) and retry"
       exit 1
