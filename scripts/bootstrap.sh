@@ -19,20 +19,27 @@ UV="$(bash "$ROOT/scripts/uv.sh" --print-path)"
 export UV_SYSTEM_CERTS="${UV_SYSTEM_CERTS:-true}" UV_PYTHON_DOWNLOADS="${UV_PYTHON_DOWNLOADS:-never}"
 export UV_PROJECT_ENVIRONMENT="$VENV"
 
+# One line per phase that takes a while, so a first run does not look hung; nothing when all is in place.
 if [[ ! -x "$VENV/bin/python" ]]; then
-  say "creating virtualenv $VENV"
+  say "creating the virtual environment $VENV..."
   "$PYTHON" -m venv "$VENV"
 fi
 stamp="$VENV/.erp-sync-installed"
 # the lock, pyproject.toml and the modules mypyc compiles at install time (a changed source needs a rebuild)
 want="$(cat "$ROOT/pyproject.toml" "$ROOT/uv.lock" "$ROOT/consumer/decode/avro_v1.py" | sha256sum | cut -d' ' -f1)"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
-  say "installing apaas-erp-sync, its test extra and build tools into $VENV from uv.lock"
+  if [[ -f "$stamp" ]]; then
+    say "updating the dependencies from uv.lock (pyproject.toml, uv.lock or consumer/decode/avro_v1.py changed)..."
+  else
+    say "installing the dependencies from uv.lock (first run, up to a minute)..."
+  fi
   # --inexact: leave what else the venv holds (pip, bench/requirements.txt) in place
   sync=("$UV" sync --project "$ROOT" --locked --inexact --extra test --group build --quiet)
   "${sync[@]}" --no-install-project                     # 1. everything but the package, build tools included
+  say "building apaas-erp-sync: mypyc compiles its hot path (up to a minute)..."
   "${sync[@]}" --no-build-isolation --reinstall-package apaas-erp-sync   # 2. the package, built by them
   echo "$want" > "$stamp"
+  say "installed into $VENV"
 fi
 
 # Debian's prometheus package starts a service (:9090) when installed; the tests start their own

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -129,3 +130,76 @@ def test_nothing_to_install_nothing_called(tree: Tree) -> None:
     assert (run.returncode, run.stdout, run.stderr) == (0, "", "")
     assert tree.calls() == []
     assert not tree.policy.exists()
+
+
+FAKE_PYTHON3 = """#!/usr/bin/env bash
+echo "python3 $*" >>"$FAKE_CALLS"
+if [[ "$1 $2" == "-m venv" ]]; then
+  mkdir -p "$3/bin" && cp "$0" "$3/bin/python" && chmod +x "$3/bin/python"
+elif [[ "$1 $2 $3" == "-m pip install" ]]; then
+  printf '#!/usr/bin/env bash\\necho "uv $*" >>"$FAKE_CALLS"\\n' >"$(dirname "$0")/uv"
+  chmod +x "$(dirname "$0")/uv"
+fi
+"""
+
+
+def test_a_first_run_says_what_it_installs_phase_by_phase_and_a_warm_run_nothing(tree: Tree) -> None:
+    cache = Path(tree.env["ERP_SYNC_CACHE_DIR"])
+    shutil.rmtree(tree.root / ".venv")
+    shutil.rmtree(cache / f"uv-{UV_VERSION}")
+    _write(tree.bin / "python3", FAKE_PYTHON3)
+    tree.env["PATH"] = f"{tree.bin}:{os.environ['PATH']}"
+    cold = tree.run()
+    assert cold.returncode == 0, cold.stderr
+    assert cold.stderr.splitlines() == [
+        f"[uv.sh] installing uv {UV_VERSION}, the installer, into {cache}/uv-{UV_VERSION} "
+        "(first run, a few seconds)...",
+        f"[bootstrap] creating the virtual environment {tree.root}/.venv...",
+        "[bootstrap] installing the dependencies from uv.lock (first run, up to a minute)...",
+        "[bootstrap] building apaas-erp-sync: mypyc compiles its hot path (up to a minute)...",
+        f"[bootstrap] installed into {tree.root}/.venv",
+    ]
+    assert [c.split(" --")[0] for c in tree.calls() if c.startswith("uv ")] == ["uv sync", "uv sync"]
+    warm = tree.run()
+    assert (warm.returncode, warm.stdout, warm.stderr) == (0, "", "")
+
+    (tree.root / "uv.lock").write_text("locked again\n")
+    changed = tree.run()
+    assert changed.stderr.splitlines() == [
+        "[bootstrap] updating the dependencies from uv.lock (pyproject.toml, uv.lock or consumer/decode/avro_v1.py "
+        "changed)...",
+        "[bootstrap] building apaas-erp-sync: mypyc compiles its hot path (up to a minute)...",
+        f"[bootstrap] installed into {tree.root}/.venv",
+    ]
+
+
+FAKE_MVN = """#!/usr/bin/env bash
+echo "mvn $*" >>"$FAKE_CALLS"
+for arg; do
+  case "$arg" in -DoutputDirectory=*) out="${arg#-DoutputDirectory=}" ;; esac
+done
+touch "$out/kafka_2.13-4.1.1.jar" "$out/kafka-clients-4.1.1.jar"
+"""
+
+
+def test_the_kafka_jars_download_says_so_once(tree: Tree) -> None:
+    cache = Path(tree.env["ERP_SYNC_CACHE_DIR"])
+    _write(tree.root / "dev" / "kafka.sh", (REPO_ROOT / "dev" / "kafka.sh").read_text())
+    (tree.root / "dev" / "pom.xml").write_text((REPO_ROOT / "dev" / "pom.xml").read_text())
+    _write(tree.bin / "mvn", FAKE_MVN)
+    env = {**tree.env, "PATH": f"{tree.bin}:{os.environ['PATH']}", "KAFKA_VERSION": "4.1.1", "KAFKA_PORT": "9092"}
+
+    def fetch() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", str(tree.root / "dev" / "kafka.sh"), "fetch"], env=env, capture_output=True,
+                              text=True, timeout=30)
+
+    cold = fetch()
+    assert cold.returncode == 0, cold.stderr
+    libs = cache / "kafka-4.1.1" / "libs"
+    assert cold.stdout == f"{libs}\n"
+    first, second = cold.stderr.splitlines()
+    assert first == (f"[kafka.sh:9092] downloading the Kafka 4.1.1 jars from Maven Central into {libs} "
+                     "(first run, up to a minute)...")
+    assert re.fullmatch(r"\[kafka\.sh:9092\] downloaded 2 jars in \d+ s", second), second
+    warm = fetch()
+    assert (warm.returncode, warm.stdout, warm.stderr) == (0, f"{libs}\n", "")
