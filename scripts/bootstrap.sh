@@ -15,19 +15,49 @@ VENV="${ERP_SYNC_VENV:-$ROOT/.venv}"
 
 say() { printf '[bootstrap] %s\n' "$*" >&2; }
 
-UV="$(bash "$ROOT/scripts/uv.sh" --print-path)"
-export UV_SYSTEM_CERTS="${UV_SYSTEM_CERTS:-true}" UV_PYTHON_DOWNLOADS="${UV_PYTHON_DOWNLOADS:-never}"
-export UV_PROJECT_ENVIRONMENT="$VENV"
+# What a fresh Debian or Ubuntu with python3 may lack, named at once with the packages that bring it,
+# before anything is installed (instead of a failure deep inside venv or the mypyc build).
+preflight() {
+  local missing=() packages=()
+  if ! command -v "$PYTHON" >/dev/null 2>&1 \
+      || ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; then
+    missing+=("Python 3.11 or newer as $PYTHON (or PYTHON=/path/to/python3.11)"); packages+=(python3)
+  else
+    if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+      missing+=("the venv module ($PYTHON -m venv)"); packages+=(python3-venv)
+    fi
+    if [[ "${HATCH_BUILD_NO_HOOKS:-false}" != "true" ]]; then   # mypyc compiles the hot path: headers, compiler
+      if ! "$PYTHON" -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' >/dev/null 2>&1; then
+        missing+=("Python's C headers (Python.h)"); packages+=(python3-dev)
+      fi
+      local cc="${CC:-gcc}"
+      if ! command -v "${cc%% *}" >/dev/null 2>&1; then
+        missing+=("a C compiler (${cc%% *})"); packages+=(gcc)
+      fi
+    fi
+  fi
+  ((${#missing[@]} == 0)) && return 0
+  local list
+  list="$(printf '%s, ' "${missing[@]}")"
+  say "cannot install: missing ${list%, }"
+  say "on Debian or Ubuntu: sudo apt-get install ${packages[*]}"
+  exit 1
+}
 
 # One line per phase that takes a while, so a first run does not look hung; nothing when all is in place.
-if [[ ! -x "$VENV/bin/python" ]]; then
-  say "creating the virtual environment $VENV..."
-  "$PYTHON" -m venv "$VENV"
-fi
 stamp="$VENV/.erp-sync-installed"
 # the lock, pyproject.toml and the modules mypyc compiles at install time (a changed source needs a rebuild)
 want="$(cat "$ROOT/pyproject.toml" "$ROOT/uv.lock" "$ROOT/consumer/decode/avro_v1.py" | sha256sum | cut -d' ' -f1)"
-if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+if [[ ! -x "$VENV/bin/python" || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+  preflight
+  UV="$(bash "$ROOT/scripts/uv.sh" --print-path)"
+  export UV_SYSTEM_CERTS="${UV_SYSTEM_CERTS:-true}" UV_PYTHON_DOWNLOADS="${UV_PYTHON_DOWNLOADS:-never}"
+  export UV_PROJECT_ENVIRONMENT="$VENV"
+  if [[ ! -x "$VENV/bin/python" ]]; then
+    say "creating the virtual environment $VENV..."
+    "$PYTHON" -m venv "$VENV"
+  fi
   if [[ -f "$stamp" ]]; then
     say "updating the dependencies from uv.lock (pyproject.toml, uv.lock or consumer/decode/avro_v1.py changed)..."
   else

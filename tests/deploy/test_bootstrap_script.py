@@ -133,6 +133,13 @@ def test_nothing_to_install_nothing_called(tree: Tree) -> None:
 
 
 FAKE_PYTHON3 = """#!/usr/bin/env bash
+if [[ "$1" == -c ]]; then  # the preflight's checks; FAKE_MISSING="venv dev" fails two of them
+  case "$2" in
+    *ensurepip*) [[ "${FAKE_MISSING:-}" != *venv* ]] ;;
+    *Python.h*) [[ "${FAKE_MISSING:-}" != *dev* ]] ;;
+  esac
+  exit
+fi
 echo "python3 $*" >>"$FAKE_CALLS"
 if [[ "$1 $2" == "-m venv" ]]; then
   mkdir -p "$3/bin" && cp "$0" "$3/bin/python" && chmod +x "$3/bin/python"
@@ -203,3 +210,22 @@ def test_the_kafka_jars_download_says_so_once(tree: Tree) -> None:
     assert re.fullmatch(r"\[kafka\.sh:9092\] downloaded 2 jars in \d+ s", second), second
     warm = fetch()
     assert (warm.returncode, warm.stdout, warm.stderr) == (0, f"{libs}\n", "")
+
+
+def test_what_a_fresh_debian_lacks_is_named_with_its_packages_before_anything_is_installed(tree: Tree) -> None:
+    shutil.rmtree(tree.root / ".venv")
+    _write(tree.bin / "python3", FAKE_PYTHON3)
+    tree.env["PATH"] = f"{tree.bin}:{os.environ['PATH']}"
+    run = tree.run(FAKE_MISSING="venv dev", CC="no-such-gcc -pthread")
+    assert run.returncode == 1
+    assert run.stderr.splitlines() == [
+        "[bootstrap] cannot install: missing the venv module (python3 -m venv), Python's C headers (Python.h), "
+        "a C compiler (no-such-gcc)",
+        "[bootstrap] on Debian or Ubuntu: sudo apt-get install python3-venv python3-dev gcc",
+    ]
+    assert tree.calls() == []  # no venv made, no uv installed
+    assert not (tree.root / ".venv").exists()
+
+    interpreted = tree.run(FAKE_MISSING="dev", CC="no-such-gcc", HATCH_BUILD_NO_HOOKS="true")  # nothing compiled
+    assert interpreted.returncode == 0, interpreted.stderr
+    assert (tree.root / ".venv" / ".erp-sync-installed").exists()
