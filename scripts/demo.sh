@@ -53,6 +53,7 @@ keep_running() {  # what is left running, the exports that point the tools at it
   [[ -z "$kafka_pid" ]] || echo "  Kafka on 127.0.0.1:$KAFKA_PORT (pid $kafka_pid, data in $KAFKA_DATA_DIR)"
   [[ -z "$STUB_PID" ]] || echo "  the ERP stub on 127.0.0.1:$STUB_PORT (pid $STUB_PID)"
   echo "point erp-sync status, replay, dlq replay, reset-offsets at them (paste into a shell):"
+  # shellcheck disable=SC2016  # $PATH is for the shell the line is pasted into
   printf 'export PATH=%q:"$PATH"\n' "$VENV/bin"
   printf 'export %s=%q\n' \
     ERP_SYNC_KAFKA_BOOTSTRAP_SERVERS "$ERP_SYNC_KAFKA_BOOTSTRAP_SERVERS" \
