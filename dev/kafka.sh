@@ -92,7 +92,8 @@ do_fetch() {
     return 0
   fi
   command -v mvn >/dev/null 2>&1 || die "mvn not found (needed once to fetch the Kafka jars)"
-  log "fetching Kafka $KAFKA_VERSION jars from Maven Central into $LIBS_DIR"
+  log "downloading the Kafka $KAFKA_VERSION jars from Maven Central into $LIBS_DIR (first run, up to a minute)..."
+  local t0=$SECONDS
   local tmp="$KAFKA_HOME/libs.tmp.$$"
   rm -rf "$tmp"
   mkdir -p "$tmp"
@@ -111,7 +112,7 @@ do_fetch() {
   rm -rf "$LIBS_DIR" "$CDS_DIR"   # a CDS archive is only valid for the exact jars it was made from
   mv "$tmp" "$LIBS_DIR"
   pom_digest >"$LIBS_MARKER"
-  log "fetched $(find "$LIBS_DIR" -name '*.jar' | wc -l) jars"
+  log "downloaded $(find "$LIBS_DIR" -name '*.jar' | wc -l) jars in $((SECONDS - t0)) s"
 }
 
 cmd_fetch() {

@@ -18,7 +18,7 @@ if [[ ! -x "$uv" ]]; then
   exec {lock_fd}>"$CACHE_DIR/.uv-$version.lock"
   flock "$lock_fd"
   if [[ ! -x "$uv" ]]; then
-    echo "[uv.sh] installing uv $version into $dir (requirements/uv.txt)" >&2
+    echo "[uv.sh] installing uv $version, the installer, into $dir (first run, a few seconds)..." >&2
     rm -rf "$dir"
     "${PYTHON:-python3}" -m venv "$dir"
     "$dir/bin/python" -m pip install -q --disable-pip-version-check --require-hashes --no-deps -r "$REQ"
