@@ -449,6 +449,14 @@ def _read_config_file(path: str) -> dict[str, str]:
 
 _OWN_KAFKA_VARS = {KAFKA_PREFIX + "BOOTSTRAP_SERVERS"}
 
+DEVELOPMENT_VARIABLES = frozenset({
+    ENV_PREFIX + "VENV", ENV_PREFIX + "CACHE_DIR",  # scripts/bootstrap.sh, dev/kafka.sh
+    ENV_PREFIX + "IMAGE", ENV_PREFIX + "PODMAN", ENV_PREFIX + "POLICY_RC_D",  # scripts/image-check.sh, bootstrap.sh
+    ENV_PREFIX + "TEST_KAFKA", ENV_PREFIX + "TEST_KAFKA_IMAGE", ENV_PREFIX + "TEST_KAFKA_PORT",  # the tests' broker
+    ENV_PREFIX + "TEST_SESSION",
+})
+"""``ERP_SYNC_*`` names the project's scripts and tests read: not settings, never warned about."""
+
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Build :class:`Settings` from the environment (and ``ERP_SYNC_CONFIG_FILE``).
@@ -509,9 +517,10 @@ def _unknown(variables: Mapping[str, str]) -> tuple[str, ...]:
     known = known_variables()
     out = []
     for name in sorted(variables):
-        if name in known or (name.startswith(KAFKA_PREFIX) and name not in _OWN_KAFKA_VARS):
+        if name in known or name in DEVELOPMENT_VARIABLES or (name.startswith(KAFKA_PREFIX)
+                                                             and name not in _OWN_KAFKA_VARS):
             continue
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        close = difflib.get_close_matches(name, [*known, *DEVELOPMENT_VARIABLES], n=1, cutoff=0.6)
         out.append(f"{name} is not a setting: ignored" + (f" (did you mean {close[0]}?)" if close else ""))
     return tuple(out)
 

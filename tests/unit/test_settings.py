@@ -458,3 +458,10 @@ def test_retry_http_statuses_and_dead_letter_producer_size() -> None:
     assert receive.producer_config()["message.max.bytes"] == 20_065_536
     assert load_settings({"ERP_SYNC_KAFKA_PRODUCER_MESSAGE_MAX_BYTES": "3000000"}).producer_config()[
         "message.max.bytes"] == "3000000"  # an explicit producer setting wins
+
+
+def test_the_scripts_own_variables_are_not_warned_about() -> None:
+    """ERP_SYNC_VENV and the like are read by scripts/ and dev/: exported, they must not read as typos."""
+    s = load_settings({"ERP_SYNC_VENV": "/opt/venv", "ERP_SYNC_CACHE_DIR": "/var/cache/erp-sync",
+                       "ERP_SYNC_TEST_KAFKA_PORT": "9092", "ERP_SYNC_VENVV": "x"})
+    assert s.unknown_variables == ("ERP_SYNC_VENVV is not a setting: ignored (did you mean ERP_SYNC_VENV?)",)
