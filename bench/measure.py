@@ -280,7 +280,7 @@ def machine_info() -> dict[str, Any]:
                 model = line.split(":", 1)[1].strip()
                 break
     versions: dict[str, str | None] = {}
-    for dist in ("apaas-erp-sync", "confluent-kafka", "httpx", "httpcore", "h11", "aiohttp", "httpx-aiohttp",
+    for dist in ("apaas-erp-sync", "confluent-kafka", "httpx", "httpcore", "h11", "aiohttp", "uvloop", "httpx-aiohttp",
                  "fastavro", "orjson", "prometheus-client", "pydantic", "psutil", "py-spy"):
         try:
             versions[dist] = importlib.metadata.version(dist)

@@ -186,11 +186,13 @@ def render(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
         f"apaas-erp-sync benchmark — {m['date']} — {m['nproc']} CPUs ({m['cpu_model']}), {m['memory_gb']} GB, "
         f"load avg at start {m['loadavg_start'][0]:.1f}, at end {m.get('loadavg_end', [0])[0]:.1f}",
         f"Python {m['python']}; confluent-kafka {v['confluent-kafka']} (librdkafka {v['librdkafka']}), "
-        f"httpx {v['httpx']}, httpcore {v['httpcore']}, aiohttp {v['aiohttp']}, httpx-aiohttp "
-        f"{v['httpx-aiohttp']}, fastavro {v['fastavro']}, orjson {v['orjson']}; code {m['code']['head']}"
+        f"httpx {v['httpx']}, aiohttp {v['aiohttp']}, uvloop {v.get('uvloop')}, fastavro {v['fastavro']}, "
+        f"orjson {v['orjson']}; code {m['code']['head']}"
         + (f" + uncommitted {', '.join(m['code']['changed'])}" if m["code"]["changed"] else ""),
         f"{results['args']['records']:,} records, {results['args']['partitions']} partitions, "
-        f"{results['dataset_approved']:,} approved, 10,000 keys; MAX_IN_FLIGHT {results['args']['max_in_flight']}; "
+        f"{results['dataset_approved']:,} approved, 10,000 keys; erp-sync MAX_IN_FLIGHT "
+        f"{results['args'].get('erp_sync_in_flight', results['args']['max_in_flight'])}, ceiling and baseline "
+        f"{results['args']['max_in_flight']}; "
         f"rates over the active window (first push → last verdict)",
         "",
     ]

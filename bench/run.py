@@ -83,7 +83,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--records", type=int, default=None, help="events in the topic (default 50000; quick 10000)")
     parser.add_argument("--latencies", default="0,5,50", help="ERP stub latencies in ms (default 0,5,50)")
     parser.add_argument("--partitions", type=int, default=6)
-    parser.add_argument("--max-in-flight", type=int, default=32, help="ERP_SYNC_MAX_IN_FLIGHT (default 32)")
+    parser.add_argument("--max-in-flight", type=int, default=32,
+                        help="the HTTP ceiling's and the naive baseline's concurrency, and the fixed concurrency the "
+                             "50 ms target is computed from (default 32)")
+    parser.add_argument("--erp-sync-in-flight", default="auto",
+                        help="ERP_SYNC_MAX_IN_FLIGHT of every erp-sync run: auto (default: adaptive, up to "
+                             "ERP_SYNC_MAX_IN_FLIGHT_CEILING) or a number")
     parser.add_argument("--baseline-records", default=None,
                         help="records the naive baseline consumes, per latency: '50=2000' (default; others all), "
                              "'0=2000,5=1000,50=300' (quick), or one number for every latency")
@@ -141,7 +146,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    scenarios.EXTRA_ENV.update(args.erp_sync_env)
+    scenarios.EXTRA_ENV.update({"ERP_SYNC_MAX_IN_FLIGHT": args.erp_sync_in_flight, **args.erp_sync_env})
     quick = args.quick
     records = args.records or (10_000 if quick else 50_000)
     latencies = [float(x) for x in args.latencies.split(",") if x.strip()]
@@ -159,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S") + ("-quick" if quick else "")
     results: dict[str, Any] = {
         "args": {"records": records, "latencies": latencies, "partitions": args.partitions, "max_in_flight": mif,
+                 "erp_sync_in_flight": args.erp_sync_in_flight,
                  "baseline_records": {f"{k:g}": v for k, v in baseline_records.items()}, "backlog": backlog,
                  "rss_seconds": rss_seconds, "ceiling_transport": CEILING_TRANSPORT,
                  "quick": quick, "seed": args.seed, "idle_s": IDLE_S, "erp_sync_env": dict(scenarios.EXTRA_ENV),

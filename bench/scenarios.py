@@ -136,7 +136,7 @@ def run_erp_sync(broker: Broker, stub: Stub, data: Dataset, latency_ms: float, m
     group = f"bench-erp-sync-{uuid.uuid4().hex[:8]}"
     timeout = 240 + data.records / 40
     log(f"{label} at {latency_ms:g} ms: {data.records} records, {processes} process(es), "
-        f"MAX_IN_FLIGHT {max_in_flight} (timeout {timeout:.0f} s)")
+        f"MAX_IN_FLIGHT {EXTRA_ENV.get('ERP_SYNC_MAX_IN_FLIGHT', max_in_flight)} (timeout {timeout:.0f} s)")
     running = []
     for i in range(processes):
         env = erp_sync_env(broker, data.topic, group, stub.url, max_in_flight)

@@ -7,15 +7,23 @@ congestion control applied to requests): a feedback loop over windows of about o
 * **Slow start**: while the ERP answers at its usual latency and every slot is used, the limit
   doubles each window, from :data:`INITIAL_LIMIT` up to ``ERP_SYNC_MAX_IN_FLIGHT_CEILING``.
 * **Additive increase** after the first congestion: +1 per window in which the slots were all used
-  and the latency stayed near its floor.
+  and the latency stayed near its floor; none for :data:`HOLD_WINDOWS` windows after a cut, so an
+  ERP at its capacity is probed past it rarely (an FIFO queue at the ERP makes only the pushes beyond
+  its capacity wait, and they wait a whole service time: the ERP's p99 latency is what a probe costs).
 * **Decrease** when the ERP says it is overloaded (HTTP 429, 502, 503, 504, ``RequestLimitExceeded``,
   ``ServiceUnavailable``, ``ResourceUnavailable``…, timeouts, refused or reset connections): ×
   :data:`DECREASE_RATIO`; or when the window's mean latency rose above the floor by more than
-  :data:`LATENCY_TOLERANCE` (and :data:`LATENCY_SLACK_S`): the limit is scaled by floor / latency (a
-  queue building at the ERP shows as latency before it shows as errors).
+  :data:`LATENCY_TOLERANCE` (and :data:`LATENCY_SLACK_S`): a queue building at the ERP shows as
+  latency before it shows as errors. The limit is cut to the ERP's capacity as Little's law gives it:
+  the window's answers per second × the floor latency (at least half the limit, at most one less).
 
-The floor is the lowest window mean of the last :data:`FLOOR_WINDOWS` windows, so it follows an ERP
-that became slower for good. A number instead of ``auto`` keeps a fixed limit (the old behaviour).
+One congestion event cuts once: answers to pushes sent before the last cut, or within one floor
+latency after it (while the queue it left drains), are not counted (TCP's fast recovery does the
+same with losses within a round trip of the cut).
+
+The floor is the lowest window mean of the last :data:`FLOOR_WINDOWS` windows (a percentile would
+drift up while the limit sits one or two above the ERP's capacity), so it follows an ERP that
+became slower for good. A number instead of ``auto`` keeps a fixed limit (the old behaviour).
 """
 
 from __future__ import annotations
@@ -31,11 +39,17 @@ from ..erp.verdict import Verdict, speaks_for_endpoint
 INITIAL_LIMIT = 8
 MIN_LIMIT = 1
 DECREASE_RATIO = 0.75
-LATENCY_TOLERANCE = 1.15
+LATENCY_TOLERANCE = 1.02
 """A window whose mean latency is above floor × this is congestion."""
-LATENCY_SLACK_S = 0.002
+LATENCY_SLACK_S = 0.001
 """…and above the floor by at least this (a 0 ms ERP's 1 ms jitter on this host is no queue)."""
 FLOOR_WINDOWS = 200
+MAX_LATENCY_CUT = 0.5
+"""A latency cut keeps at least this share of the limit."""
+HOLD_WINDOWS = 10
+"""Windows without increase after a cut; doubled (up to :data:`MAX_HOLD_WINDOWS`) while cuts keep
+landing at the same limit (the ERP's capacity is found: probe past it ever more rarely)."""
+MAX_HOLD_WINDOWS = 160
 MIN_WINDOW_S = 0.02
 
 
@@ -67,6 +81,10 @@ class ConcurrencyLimit:
         self._window_overloaded = False
         self._means: deque[float] = deque(maxlen=FLOOR_WINDOWS)
         self.floor_s: float | None = None
+        self._last_decrease = float("-inf")
+        self._hold = 0
+        self._hold_windows = HOLD_WINDOWS
+        self._last_cut: int | None = None
         if on_change is not None:
             on_change(int(self.limit))
 
@@ -111,29 +129,42 @@ class ConcurrencyLimit:
         """One answer of the ERP (or a failed request) took ``rtt_s`` seconds: feed the controller."""
         if not self.adaptive:
             return
+        now = self._clock()
+        if now - rtt_s < self._last_decrease + (self.floor_s or 0.0):
+            return  # sent before the last cut, or while the queue it left drained: already acted on
         self._window_answers += 1
         self._window_rtt += rtt_s
         if verdict.outcome.value == "retry" and speaks_for_endpoint(verdict) and not verdict.code.startswith(
                 ("AuthFailure", "UnauthorizedOperation", "IpNotInWhitelist", "HTTP_401", "HTTP_403")):
             self._window_overloaded = True
-        now = self._clock()
         length = max(MIN_WINDOW_S, self.floor_s or 0.0)
-        if now - self._window_start >= length and self._window_answers >= min(self.slots, 8):
+        enough = self.slots if self._slow_start else min(self.slots, 8)  # slow start: a whole round at the limit
+        if now - self._window_start >= length and self._window_answers >= enough:
             self._end_window(now)
+
+    def _cut(self, limit: float, now: float) -> None:
+        self.limit = max(float(MIN_LIMIT), limit)
+        self._slow_start = False
+        self._last_decrease = now
+        same = self._last_cut is not None and abs(int(self.limit) - self._last_cut) <= 1
+        self._hold_windows = min(MAX_HOLD_WINDOWS, self._hold_windows * 2) if same else HOLD_WINDOWS
+        self._last_cut = int(self.limit)
+        self._hold = self._hold_windows
 
     def _end_window(self, now: float) -> None:
         mean = self._window_rtt / self._window_answers
         saturated = self._window_peak >= self.slots
         if self._window_overloaded:
-            self.limit = max(MIN_LIMIT, self.limit * DECREASE_RATIO)
-            self._slow_start = False
+            self._cut(self.limit * DECREASE_RATIO, now)
         else:
             self._means.append(mean)
             floor = min(self._means)
             self.floor_s = floor
             if mean > floor * LATENCY_TOLERANCE and mean - floor > LATENCY_SLACK_S:
-                self.limit = max(MIN_LIMIT, min(self.limit * DECREASE_RATIO, self.limit * floor / mean))
-                self._slow_start = False
+                rate = self._window_answers / max(1e-9, now - self._window_start)  # answers per second
+                self._cut(min(self.limit - 1, max(self.limit * MAX_LATENCY_CUT, rate * floor)), now)
+            elif self._hold > 0:
+                self._hold -= 1
             elif saturated:
                 self.limit = min(self.ceiling, self.limit * 2 if self._slow_start else self.limit + 1)
         self._window_start = now

@@ -1,0 +1,203 @@
+"""The per-route concurrency limit (consumer/delivery/concurrency.py): fixed, and adaptive (``auto``).
+
+A fake clock drives the windows; "a window" below is: take every slot (the limit is saturated), let
+``rtt`` seconds pass, answer each push with ``verdict`` after ``rtt``, release.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import statistics
+
+import pytest
+
+from consumer.delivery.concurrency import DECREASE_RATIO, INITIAL_LIMIT, ConcurrencyLimit
+from consumer.erp.verdict import Outcome, Verdict
+
+OK = Verdict(Outcome.ACCEPTED, "OK")
+OVERLOADED = Verdict(Outcome.RETRY, "HTTP_503")
+TIMEOUT = Verdict(Outcome.RETRY, "Timeout", transport=True)
+ONE_BODY = Verdict(Outcome.RETRY, "InternalError")  # about one record: not overload
+AUTH = Verdict(Outcome.RETRY, "AuthFailure.SignatureFailure")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def adaptive(ceiling: int = 256) -> tuple[ConcurrencyLimit, Clock, list[int]]:
+    clock, changes = Clock(), []
+    limit = ConcurrencyLimit(INITIAL_LIMIT, adaptive=True, ceiling=ceiling, clock=clock, on_change=changes.append)
+    return limit, clock, changes
+
+
+class Erp:
+    """A simulated ERP: serves ``capacity`` pushes at ``base_s`` each, queues the rest (FIFO).
+
+    ``refuse_beyond``: answer HTTP 503 at once to a push arriving when that many are already there.
+    ``answer``: the verdict of every served push.
+    """
+
+    def __init__(self, base_s: float, capacity: int | None = None, refuse_beyond: int | None = None,
+                 answer: Verdict = OK) -> None:
+        self.base_s, self.capacity, self.refuse_beyond, self.answer = base_s, capacity, refuse_beyond, answer
+        self.server_free: list[float] = []  # when each of the capacity's servers is next free
+        self.present = 0
+        self.latencies: list[float] = []
+
+    def arrive(self, now: float) -> tuple[float, Verdict]:
+        """When the answer to a push arriving at ``now`` leaves, and what it says."""
+        if self.refuse_beyond is not None and self.present >= self.refuse_beyond:
+            return now + 0.001, OVERLOADED
+        if self.capacity is None:
+            done = now + self.base_s
+        else:
+            if len(self.server_free) < self.capacity:
+                self.server_free.append(now)
+            self.server_free.sort()
+            start = max(now, self.server_free[0])
+            done = start + self.base_s
+            self.server_free[0] = done
+        self.latencies.append(done - now)
+        self.present += 1
+        return done, self.answer
+
+
+def simulate(limit: ConcurrencyLimit, clock: Clock, erp: Erp, seconds: float, work: int | None = None) -> list[int]:
+    """Keep every slot busy (or ``work`` pushes at most) for ``seconds``; the limit after each answer."""
+    seen: list[int] = []
+
+    async def run() -> None:
+        end = clock.now + seconds
+        pending: list[tuple[float, int, float, Verdict]] = []
+        seq = 0
+
+        async def fill() -> None:
+            nonlocal seq
+            while limit.in_flight < limit.slots and (work is None or limit.in_flight < work):
+                await limit.__aenter__()
+                done, verdict = erp.arrive(clock.now)
+                seq += 1
+                heapq.heappush(pending, (done, seq, clock.now, verdict))
+
+        await fill()
+        while pending and clock.now < end:
+            done, _, sent, verdict = heapq.heappop(pending)
+            clock.now = done
+            if verdict is not OVERLOADED:
+                erp.present -= 1
+            limit.answered(verdict, done - sent)
+            await limit.__aexit__(None, None, None)
+            seen.append(limit.slots)
+            await fill()
+        for _ in pending:  # still out at the end: their slots come back unanswered
+            await limit.__aexit__(None, None, None)
+
+    asyncio.run(run())
+    return seen
+
+
+def test_slow_start_doubles_each_round_trip_up_to_the_ceiling() -> None:
+    limit, clock, changes = adaptive(ceiling=100)
+    simulate(limit, clock, Erp(0.05), seconds=1.0)
+    assert limit.slots == 100
+    assert sorted(set(changes)) == [8, 16, 32, 64, 100]  # doubling, then the ceiling
+
+
+def test_an_erp_that_is_not_kept_busy_gets_no_more_slots() -> None:
+    limit, clock, _ = adaptive()
+    simulate(limit, clock, Erp(0.05), seconds=1.0, work=3)
+    assert limit.slots == INITIAL_LIMIT
+
+
+@pytest.mark.parametrize("capacity", [16, 40, 120])
+def test_a_queueing_erp_is_not_pushed_past_its_capacity(capacity: int) -> None:
+    """The stub's capacity model: beyond ``capacity`` pushes wait; their latency is the signal."""
+    limit, clock, _ = adaptive()
+    erp = Erp(0.05, capacity=capacity)
+    seen = simulate(limit, clock, erp, seconds=20.0)
+    late = seen[len(seen) // 2:]  # after convergence
+    assert 0.6 * capacity <= statistics.mean(late) <= 1.25 * capacity, (capacity, statistics.mean(late))
+    tail = sorted(erp.latencies[len(erp.latencies) // 2:])
+    assert tail[int(len(tail) * 0.99)] <= 1.2 * 0.05  # ERP-side p99 within 1.2 x its base latency
+
+
+def test_an_erp_that_answers_503_beyond_its_capacity_is_held_near_it() -> None:
+    limit, clock, _ = adaptive()
+    seen = simulate(limit, clock, Erp(0.05, refuse_beyond=50), seconds=20.0)
+    late = seen[len(seen) // 2:]
+    assert 30 <= statistics.mean(late) <= 60, statistics.mean(late)
+
+
+def test_an_erp_that_can_take_more_gets_more() -> None:
+    limit, clock, _ = adaptive(ceiling=512)
+    simulate(limit, clock, Erp(0.05, capacity=512), seconds=5.0)
+    assert limit.slots >= 400
+
+
+@pytest.mark.parametrize("verdict", [ONE_BODY, AUTH, Verdict(Outcome.REJECT, "InvalidParameter")])
+def test_answers_about_one_record_or_credentials_are_not_overload(verdict: Verdict) -> None:
+    limit, clock, _ = adaptive(ceiling=64)
+    simulate(limit, clock, Erp(0.05, answer=verdict), seconds=1.0)
+    assert limit.slots == 64
+
+
+@pytest.mark.parametrize("verdict", [OVERLOADED, TIMEOUT, Verdict(Outcome.RETRY, "RequestLimitExceeded"),
+                                     Verdict(Outcome.RETRY, "InternalError", retry_after_s=2.0)])
+def test_overload_answers_cut_the_limit_once_per_round_trip(verdict: Verdict) -> None:
+    limit, clock, changes = adaptive(ceiling=64)
+    simulate(limit, clock, Erp(0.05), seconds=1.0)
+    assert limit.slots == 64
+    changes.clear()
+    simulate(limit, clock, Erp(0.05, answer=verdict), seconds=0.05 * 1.01)  # one round trip of overload
+    assert changes == [int(64 * DECREASE_RATIO)] == [48]
+    changes.clear()
+    simulate(limit, clock, Erp(0.05), seconds=1.5)  # the hold (10 windows), then +1 per window
+    steps = [c for i, c in enumerate(changes) if i == 0 or c != changes[i - 1]]
+    assert steps[:4] == [48, 49, 50, 51]
+
+
+def test_a_fixed_limit_never_moves_and_holds_the_pushes_beyond_it() -> None:
+    limit = ConcurrencyLimit(3)
+
+    async def run() -> tuple[int, int, int]:
+        peak = 0
+        running = 0
+
+        async def push() -> None:
+            nonlocal peak, running
+            async with limit:
+                running += 1
+                peak = max(peak, running)
+                await asyncio.sleep(0.001)
+                running -= 1
+            limit.answered(OVERLOADED, 5.0)
+
+        await asyncio.gather(*(push() for _ in range(20)))
+        return peak, limit.slots, limit.in_flight
+
+    assert asyncio.run(run()) == (3, 3, 0)
+
+
+def test_a_cancelled_waiter_gives_its_slot_to_the_next() -> None:
+    limit = ConcurrencyLimit(1)
+
+    async def run() -> tuple[bool, int]:
+        await limit.__aenter__()
+        first = asyncio.create_task(limit.__aenter__())
+        second = asyncio.create_task(limit.__aenter__())
+        await asyncio.sleep(0)
+        first.cancel()
+        await asyncio.sleep(0)
+        await limit.__aexit__(None, None, None)
+        await asyncio.wait_for(second, 1.0)  # the cancelled waiter did not keep the slot
+        done = second.done()
+        await limit.__aexit__(None, None, None)
+        return done, limit.in_flight
+
+    assert asyncio.run(run()) == (True, 0)
