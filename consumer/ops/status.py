@@ -1,5 +1,8 @@
 """``erp-sync status``: per partition offsets, lag and owner; the group's members; the dead-letter topic.
 
+With several source topics (``ERP_SYNC_TOPIC=a,b``) the partitions shown are the first topic's, as
+for every tool.
+
 The owner of a partition is the member id the group coordinator gave the consumer (two consumers on
 one host share a client id and a host, never a member id). Members are as the coordinator sees them:
 a consumer that died without leaving stays a member until its session times out, and ``status``
@@ -193,7 +196,7 @@ def status_report(settings: Settings) -> StatusReport:
         UsageError: the topic does not exist.
         ToolError: Kafka could not be queried.
     """
-    topic, group = settings.topic, settings.group_id
+    topic, group = settings.primary_topic, settings.group_id  # ERP_SYNC_TOPIC may list several: the first
     now = datetime.now(UTC)
     now_ms = epoch_ms(now)
     with Cluster(settings) as cluster:
@@ -282,12 +285,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 STATUS_HELP = """\
-Per partition of ERP_SYNC_TOPIC, for the group ERP_SYNC_GROUP_ID: the committed offset, the high
-watermark, the lag (messages) and the lag in seconds (age of the record at the committed offset; 0
-when caught up), and the member that owns the partition (its member id: consumers on one host share
-a client id); then the group's state and active members (member id, client id, host, partitions).
-A consumer that died without leaving is still listed until its session times out
-(session.timeout.ms). Then the dead-letter topic: letters stored, written in the last hour and 24 h,
-and not replayed yet by `erp-sync dlq replay` (its group's position). Reads only: it never joins
-the group."""
-
+Per partition of ERP_SYNC_TOPIC (the first one when it lists several), for the group
+ERP_SYNC_GROUP_ID: the committed offset, the high watermark, the lag (messages) and the lag in
+seconds (age of the record at the committed offset; 0 when caught up), and the member that owns the
+partition (its member id: consumers on one host share a client id); then the group's state and
+active members (member id, client id, host, partitions). A consumer that died without leaving is
+still listed until its session times out (session.timeout.ms). Then the dead-letter topic: letters
+stored, written in the last hour and 24 h, and not replayed yet by `erp-sync dlq replay` (its
+group's position). Reads only: it never joins the group."""

@@ -286,6 +286,17 @@ def test_status_names_each_owner_shows_the_dlq_and_a_dead_member_until_its_sessi
                 cp.wait(30)
 
 
+@pytest.mark.kafka
+def test_status_reads_the_first_of_several_source_topics(broker: Broker, erp: Any, tmp_path: Path) -> None:
+    t = setup(broker, erp, tmp_path, partitions=2)
+    other = create_topic(broker, unique("tools-other"), 1)
+    produce_at(broker, t.topic, [(1, b"1", value(1), int(time.time() * 1000))])
+    t.env["ERP_SYNC_TOPIC"] = f"{t.topic},{other}"
+    doc = t.status()
+    assert doc["topic"] == t.topic
+    assert [(p["partition"], p["high"], p["lag"]) for p in doc["partitions"]] == [(0, 0, 0), (1, 1, 1)]
+
+
 # ------------------------------------------------------------------------------------------------ reset-offsets
 
 
