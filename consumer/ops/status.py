@@ -327,7 +327,7 @@ def partition_rows(settings: Settings, topic: str, parts: list[int], marks: dict
 
 
 @dataclass
-class _RetryRead:
+class RetryTopicRead:
     """What the cluster said about one retry topic (collected inside the :class:`Cluster` block)."""
 
     source: str
@@ -338,7 +338,7 @@ class _RetryRead:
     committed: dict[int, tuple[int | None, str]]
 
 
-def parking_off_reason(settings: Settings, retry: _RetryRead) -> str:
+def parking_off_reason(settings: Settings, retry: RetryTopicRead) -> str:
     """Why the consumers neither park into an existing retry topic nor read it, or ``""`` (as ``run`` decides)."""
     strategy = str(settings.consumer_config().get("partition.assignment.strategy", "range,roundrobin"))
     if retry.source_parts is None:
@@ -375,7 +375,7 @@ def status_report(settings: Settings) -> StatusReport:
     topic, group = settings.primary_topic, settings.group_id  # ERP_SYNC_TOPIC may list several: the first
     now = now_utc()
     now_ms = epoch_ms(now)
-    retries: list[_RetryRead] = []
+    retries: list[RetryTopicRead] = []
     with Cluster(settings) as cluster:
         parts = cluster.require_partitions(topic)
         info = cluster.group(group, topic)
@@ -388,7 +388,8 @@ def status_report(settings: Settings) -> StatusReport:
                 continue
             retry_parts = cluster.partitions(retry, "ERP_SYNC_RETRY_TOPIC")
             source_parts = parts if source == topic else cluster.partitions(source)
-            read = _RetryRead(source, retry, retry_parts, None if source_parts is None else len(source_parts), {}, {})
+            read = RetryTopicRead(source, retry, retry_parts, None if source_parts is None else len(source_parts),
+                                  {}, {})
             if retry_parts is not None:
                 read.marks = cluster.watermarks(retry, retry_parts)
                 read.committed = cluster.committed_with_metadata(group, retry, retry_parts)

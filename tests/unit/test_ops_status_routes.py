@@ -7,13 +7,14 @@ tests/integration/test_tools.py.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from consumer.delivery.dead_letters import parked_headers
 from consumer.errors import ErpRejectError
-from consumer.ops.cluster import Member
+from consumer.ops.cluster import GroupInfo, Member
 from consumer.ops.console import span
 from consumer.ops.parked import (
     ParkedTally,
@@ -22,6 +23,15 @@ from consumer.ops.parked import (
     format_routes,
     route_statuses,
     scan_parked,
+)
+from consumer.ops.status import (
+    PartitionStatus,
+    RetryTopicRead,
+    RetryTopicStatus,
+    StatusReport,
+    format_retry_topics,
+    load_status_routes,
+    parking_off_reason,
 )
 from consumer.routes import load_routes
 from consumer.settings import load_settings
@@ -183,3 +193,66 @@ def test_a_member_names_its_partitions_of_a_retry_topic() -> None:
                                                              "approvals.retry.x[1]", "other[5]"))
     assert member.partitions_of("approvals.retry") == (0, 2)
     assert member.partitions_of("nothing") == ()
+
+
+def retry_read(parts: int | None, source_parts: int | None) -> RetryTopicRead:
+    return RetryTopicRead(SOURCE, RETRY, None if parts is None else list(range(parts)), source_parts, {}, {})
+
+
+@pytest.mark.parametrize(("env", "read", "reason"), [
+    ({}, retry_read(3, 3), ""),
+    ({}, retry_read(2, 3), f"it has 2 partitions, its source {SOURCE} 3 (they must match)"),
+    ({}, retry_read(3, None), f"its source topic {SOURCE} does not exist"),
+    ({"ERP_SYNC_KAFKA_CONSUMER_PARTITION_ASSIGNMENT_STRATEGY": "cooperative-sticky"}, retry_read(3, 3),
+     "partition.assignment.strategy is cooperative-sticky; parking needs range"),
+])
+def test_why_the_consumers_would_not_use_an_existing_retry_topic(env: dict[str, str], read: RetryTopicRead,
+                                                                  reason: str) -> None:
+    assert parking_off_reason(load_settings({"ERP_SYNC_TOPIC": SOURCE, **env}), read) == reason
+
+
+def test_the_retry_topic_lines() -> None:
+    rows = (PartitionStatus(0, 1, 0, 4, 3, 10740.0, "member-1"), PartitionStatus(1, None, 0, 2, 2, None, None))
+    report = StatusReport(SOURCE, "group", GroupInfo("Stable", ()), (), datetime.fromtimestamp(NOW / 1000, UTC),
+                          retry_topics=(RetryTopicStatus(SOURCE, RETRY, True, rows, 172_800.0),
+                                        RetryTopicStatus("other", "other.retry", True, (), -1, "it has 1 partition, "
+                                                         "its source other 2 (they must match)"),
+                                        RetryTopicStatus("third", "third.retry", False)))
+    assert format_retry_topics(report) == [
+        f"Retry topic {RETRY}: records parked from {SOURCE}, read by group group like its source; retention 2d 0h",
+        "",
+        "RETRY PARTITION  COMMITTED  HIGH  LAG  LAG SECONDS  OWNER (MEMBER ID)",
+        "              0          1     4    3      10740.0  member-1",
+        "              1          -     2    2            ?  -",
+        "          total                     5      10740.0",
+        "(LAG SECONDS of a retry partition: since the record at its committed offset was parked.)",
+        "",
+        "Retry topic other.retry: records parked from other, read by group group like its source; retention "
+        "unlimited",
+        "",
+        "RETRY PARTITION  COMMITTED  HIGH  LAG  LAG SECONDS  OWNER (MEMBER ID)",
+        "          total                     0            ?",
+        "(LAG SECONDS of a retry partition: since the record at its committed offset was parked.)",
+        "(The consumers neither park into it nor read it: it has 1 partition, its source other 2 (they must match).)",
+        "",
+        "Retry topic third.retry: does not exist (`erp-sync create-topics` makes it); until then records of third "
+        "that their ERP keeps refusing wait in place.",
+        "",
+    ]
+    assert format_retry_topics(StatusReport(SOURCE, "group", GroupInfo("Stable", ()), (), report.time)) == [
+        "Retry topics: none (ERP_SYNC_RETRY_TOPIC=none: parking is off; records their ERP keeps refusing wait in "
+        "place).", ""]
+
+
+def test_routes_that_cannot_be_loaded_are_left_out_with_the_reason(tmp_path: Path) -> None:
+    assert load_status_routes(load_settings({})) == (
+        None, "", "Routes: not shown: ERP_SYNC_ERP_URL is not set and there is no ERP_SYNC_ROUTES_FILE (status "
+                  "needs neither).")
+    path = tmp_path / "routes.yaml"
+    path.write_text("routes:\n  - name: hr\n    colour: blue\n    url: https://hr.example.com/push\n", encoding="utf-8")
+    table, where, note = load_status_routes(load_settings({"ERP_SYNC_ROUTES_FILE": str(path)}))
+    assert (table, where) == (None, "")
+    assert note.startswith(f"Routes: not shown: ERP_SYNC_ROUTES_FILE: {path}: route 'hr': colour: unknown field")
+    table, where, note = load_status_routes(load_settings({"ERP_SYNC_ERP_URL": "https://erp.example.com/push"}))
+    assert table is not None and [r.name for r in table.routes] == ["default"]
+    assert (where, note) == ("the default route: ERP_SYNC_ERP_URL", "")
