@@ -1,8 +1,9 @@
 """Operations tools: ``status``, ``reset-offsets``, ``replay`` and ``dlq replay`` (issue 4).
 
-``status``          per partition of the topic: the group's committed offset, the high watermark, the
-                    lag (messages) and lag seconds, the owner (member id); the group's state and
-                    members; the dead-letter topic and what ``dlq replay`` has not done yet
+``status``          per partition of the topic and of its retry topic: the group's committed offset, the
+                    high watermark, the lag (messages) and lag seconds, the owner (member id); the
+                    group's state and members; the dead-letter topic and what ``dlq replay`` has not
+                    done yet; each route's parked records and state
 ``reset-offsets``   move the group's committed offsets (a dry run unless ``--execute``): the topic replay
 ``replay``          re-push a time window (or chosen instances) without touching the group's offsets
 ``dlq replay``      re-push dead letters; those that fail for a new reason go back to the dead-letter
@@ -73,7 +74,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """
     raw = argparse.RawDescriptionHelpFormatter
 
-    status = subparsers.add_parser("status", help="per-partition offsets, lag and lag seconds; group members",
+    status = subparsers.add_parser("status", help="per-partition offsets, lag and lag seconds (source and retry "
+                                   "topics); group members; dead letters; each route's parked records",
                                    description=STATUS_HELP, formatter_class=raw, epilog=TOOL_EPILOG)
     status.add_argument("--json", action="store_true", help="print a JSON document instead of tables")
     status.set_defaults(func=guarded("status", cmd_status))

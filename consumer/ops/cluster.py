@@ -92,6 +92,14 @@ class Member:
     partitions: tuple[int, ...]
     other: tuple[str, ...] = ()
 
+    def partitions_of(self, topic: str) -> tuple[int, ...]:
+        """Its assigned partitions of another topic than the one it was described for (a retry topic).
+
+        Read from :attr:`other` (``topic[partition]``: a topic name never holds ``[``).
+        """
+        prefix = topic + "["
+        return tuple(sorted(int(name[len(prefix):-1]) for name in self.other if name.startswith(prefix)))
+
     def describe(self) -> str:
         """One line naming the member: member id, client id, host and partitions."""
         parts = ",".join(map(str, self.partitions)) or "none"

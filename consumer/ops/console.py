@@ -16,7 +16,7 @@ from typing import TextIO
 from ..errors import UsageError
 from ..logs import plural
 
-__all__ = ["Progress", "duration", "epoch_ms", "is_terminal", "parse_time", "plural", "table", "time_arg"]
+__all__ = ["Progress", "duration", "epoch_ms", "is_terminal", "parse_time", "plural", "span", "table", "time_arg"]
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,24 @@ def duration(seconds: float) -> str:
     hours, rest = divmod(total, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def span(seconds: float) -> str:
+    """A length of time in its two largest units, rounded down: ``45s``, ``5m 3s``, ``2h 5m``, ``6d 21h``.
+
+    For ages and time left (``status``); a negative length is shown as its absolute value.
+    """
+    total = int(abs(seconds))
+    days, rest = divmod(total, 86_400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> list[str]:

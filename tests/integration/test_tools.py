@@ -27,9 +27,10 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from consumer import cli, transform
-from consumer.delivery.dead_letters import H_ATTEMPTS, H_CLASS, H_CODE, H_OFFSET, H_PARTITION, H_TOPIC
-from consumer.delivery.offsets import decode_finished
+from consumer.delivery.dead_letters import H_ATTEMPTS, H_CLASS, H_CODE, H_OFFSET, H_PARTITION, H_TOPIC, parked_headers
+from consumer.delivery.offsets import decode_finished, encode_finished
 from consumer.devstack.events import encode, spec_example_event
+from consumer.errors import ErpRejectError
 from dev.harness import (
     ERP_SYNC,
     Broker,
@@ -239,14 +240,15 @@ def test_status_names_each_owner_shows_the_dlq_and_a_dead_member_until_its_sessi
             f"yet by `erp-sync dlq replay` (group {t.group}.dlq-replay)") in text
     assert table_rows(text, "DLQ PARTITION") == [["0", "0", "3", "3", "3", "1", "2"]]
 
-    # two consumers on one host: same client id, same host, different member ids
+    # two consumers on one host: same client id, same host, different member ids; they read the retry topic too
+    retry = create_topic(broker, t.topic + ".retry", 2)
     first = start_consumer(t.env, tmp_path / "a.log")
     second = start_consumer({**t.env, "ERP_SYNC_METRICS_PORT": str(free_port())}, tmp_path / "b.log")
     try:
         deadline = time.monotonic() + 40
         while True:
             doc = t.status()
-            if len(doc["members"]) == 2 and all(m["partitions"] for m in doc["members"]):
+            if len(doc["members"]) == 2 and all(m["partitions"] and m["other_assignments"] for m in doc["members"]):
                 break
             assert time.monotonic() < deadline, f"{doc}\n{first.log()[-2000:]}\n{second.log()[-2000:]}"
             time.sleep(0.3)
@@ -254,6 +256,8 @@ def test_status_names_each_owner_shows_the_dlq_and_a_dead_member_until_its_sessi
         assert len({(m["client_id"], m["host"]) for m in members.values()}) == 1  # indistinguishable but for the id
         owners = {p["partition"]: p["owner"] for p in doc["partitions"]}
         assert set(owners.values()) == set(members)
+        assert doc["retry_topics"][0]["topic"] == retry
+        assert {p["partition"]: p["owner"] for p in doc["retry_topics"][0]["partitions"]} == owners  # co-partitioned
         assert doc["session_timeout_ms"] == 6000
         assert doc["dead_letters"] == {
             "topic": dlq, "replay_group": t.group + ".dlq-replay", "letters": 3, "last_hour": 3, "last_24h": 3,
@@ -263,6 +267,7 @@ def test_status_names_each_owner_shows_the_dlq_and_a_dead_member_until_its_sessi
         assert "state Stable, 2 active members" in text
         rows = table_rows(text, "PARTITION")
         assert {int(r[0]): r[5] for r in rows[:2]} == owners  # the OWNER column names the member
+        assert {int(r[0]): r[5] for r in table_rows(text, "RETRY PARTITION")[:2]} == owners
         assert ("(Members as the group coordinator sees them: a consumer that died without leaving (kill -9, a lost "
                 "node) is still shown as active, and keeps its partitions, until its session times out: "
                 "session.timeout.ms 6000 here.)") in text
@@ -284,6 +289,178 @@ def test_status_names_each_owner_shows_the_dlq_and_a_dead_member_until_its_sessi
             if cp.proc.poll() is None:
                 cp.proc.send_signal(signal.SIGTERM)
                 cp.wait(30)
+
+
+@pytest.mark.kafka
+def test_status_reads_the_first_of_several_source_topics(broker: Broker, erp: Any, tmp_path: Path) -> None:
+    t = setup(broker, erp, tmp_path, partitions=2)
+    other = create_topic(broker, unique("tools-other"), 1)
+    produce_at(broker, t.topic, [(1, b"1", value(1), int(time.time() * 1000))])
+    t.env["ERP_SYNC_TOPIC"] = f"{t.topic},{other}"
+    doc = t.status()
+    assert doc["topic"] == t.topic
+    assert [(p["partition"], p["high"], p["lag"]) for p in doc["partitions"]] == [(0, 0, 0), (1, 1, 1)]
+
+
+HOUR_MS, MINUTE_MS = 3_600_000, 60_000
+CIRCUIT_NOTE = ("(The circuit state lives in the consumers: metric erp_sync_route_circuit_open{route}. status sees "
+                "only what is in Kafka: a route with nothing parked may be failing right now, and one with parked "
+                "records may be delivering them.)")
+
+
+def status_at(t: Env, now_ms: int, *argv: str) -> Result:
+    """``erp-sync status`` as if run at ``now_ms``: ages and times left are then exact."""
+    with mock.patch("consumer.ops.status.now_utc", return_value=datetime.fromtimestamp(now_ms / 1000, UTC)):
+        return t.tool("status", *argv)
+
+
+def park_records(broker: Broker, source: str, retry: str, plan: dict[int, list[tuple[str, int]]]) -> None:
+    """Park every record of ``source`` in ``retry`` as ``erp-sync run`` does.
+
+    Same partition, key and value, the headers of ``parked_headers`` (``plan[partition][offset]`` gives
+    the route and the first failure), written one minute after the first failure.
+    """
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 0})
+    errors: list[Any] = []
+    for msg in sorted(read_all(broker, source), key=lambda m: (m.partition(), m.offset())):
+        route, first_failure = plan[msg.partition()][msg.offset()]
+        headers = parked_headers(msg, route, 3, first_failure, ErpRejectError("InternalError", "boom"))
+        producer.produce(retry, key=msg.key(), value=msg.value(), partition=msg.partition(),
+                         timestamp=first_failure + MINUTE_MS, headers=headers,
+                         on_delivery=lambda err, _m: errors.append(err) if err else None)
+    assert producer.flush(30) == 0 and not errors, errors
+
+
+def commit_for_group(broker: Broker, group: str, offsets: list[TopicPartition]) -> None:
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        consumer.commit(offsets=offsets, asynchronous=False)
+    finally:
+        consumer.close()
+
+
+@pytest.mark.kafka
+def test_status_shows_the_retry_topics_and_what_each_route_has_parked(broker: Broker, erp: Any,
+                                                                        tmp_path: Path) -> None:
+    t = setup(broker, erp, tmp_path, partitions=2, dlq=True)
+    retry = create_topic(broker, t.topic + ".retry", 2, config={"retention.ms": str(48 * HOUR_MS)})
+    other = create_topic(broker, unique("tools-other"), 1)  # a second source topic, without its retry topic
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(f"""routes:
+  - name: hr
+    match:
+      flow_codes: [{FLOW}]
+    url: https://hr.example.com/erp/approval?token=secret
+    retry_deadline_seconds: 86400
+  - name: payroll
+    match:
+      topics: [{other}]
+    url: https://payroll.example.com/erp
+  - name: finance
+    url: https://finance.example.com/erp/approval
+""", encoding="utf-8")
+    t.env.update({"ERP_SYNC_TOPIC": f"{t.topic},{other}", "ERP_SYNC_ROUTES_FILE": str(routes)})
+    now = int(time.time()) * 1000
+    # (route, first failure) of each parked record, by partition and offset; "legacy" is in no routes file
+    plan = {0: [("hr", now - 5 * HOUR_MS), ("hr", now - 3 * HOUR_MS), ("finance", now - 26 * HOUR_MS),
+                ("hr", now - HOUR_MS)],
+            1: [("finance", now - 44 * HOUR_MS), ("legacy", now - 10 * MINUTE_MS), ("hr", now - 4 * HOUR_MS),
+                ("finance", now - 30 * MINUTE_MS)]}
+    produce_at(broker, t.topic, [(p, b"k%d%d" % (p, i), value(10 * p + i), now - 50 * HOUR_MS)
+                                 for p, records in plan.items() for i in range(len(records))])
+    park_records(broker, t.topic, retry, plan)
+    # the group finished 0@0 and 1@0, and 1@2 beyond its committed offset (named in the commit's metadata)
+    commit_for_group(broker, t.group, [TopicPartition(retry, 0, 1),
+                                       TopicPartition(retry, 1, 1, metadata=encode_finished(1, [(2, 3)]))])
+
+    r = status_at(t, now)
+    assert r.code == 0, r.err
+    lines = r.out.splitlines()
+    assert lines[0] == f"Topic {t.topic}, group {t.group}: state Empty, 0 active members"
+    assert (f"Retry topic {retry}: records parked from {t.topic}, read by group {t.group} like its source; "
+            "retention 2d 0h") in lines
+    assert table_rows(r.out, "RETRY PARTITION") == [["0", "1", "4", "3", "10740.0", "-"],
+                                                    ["1", "1", "4", "3", "540.0", "-"], ["total", "6", "10740.0"]]
+    assert (f"Retry topic {other}.retry: does not exist (`erp-sync create-topics` makes it); until then records of "
+            f"{other} that their ERP keeps refusing wait in place.") in lines
+    assert (f"Routes (ERP_SYNC_ROUTES_FILE {routes}); parked: records in the retry topics from the group's "
+            "committed offsets to their ends") in lines
+    assert table_rows(r.out, "ROUTE") == [
+        ["hr", "https://hr.example.com/erp/approval?****", "parked (2 records, oldest 3h 0m ago, deadline in 21h 0m)"],
+        ["payroll", "https://payroll.example.com/erp", "delivering"],
+        ["finance", "https://finance.example.com/erp/approval",
+         "parked (2 records, oldest 1d 2h ago, retention in 22h 1m, before the deadline)"],
+        ["legacy", "- (not in the routes)", "parked (1 record, oldest 10m 0s ago, retention in 1d 23h)"],
+    ]
+    assert lines[-2:] == ["(A route not in the routes: its parked records are delivered through the route they "
+                          "match now.)", CIRCUIT_NOTE]
+    assert "secret" not in r.out
+
+    r = status_at(t, now, "--json")
+    assert r.code == 0, r.err
+    doc = json.loads(r.out)
+    assert doc["retry_topics"] == [
+        {"source": t.topic, "topic": retry, "exists": True, "parking": True, "parking_off": None,
+         "retention_seconds": 172800.0,
+         "partitions": [
+             {"partition": 0, "committed": 1, "low": 0, "high": 4, "lag": 3, "lag_seconds": 10740.0, "owner": None},
+             {"partition": 1, "committed": 1, "low": 0, "high": 4, "lag": 3, "lag_seconds": 540.0, "owner": None}],
+         "total_lag": 6, "max_lag_seconds": 10740.0},
+        {"source": other, "topic": other + ".retry", "exists": False, "parking": False, "parking_off": None,
+         "retention_seconds": None, "partitions": [], "total_lag": 0, "max_lag_seconds": None},
+    ]
+
+    def at(ms: int) -> str:
+        return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+    assert doc["routes"] == [
+        {"name": "hr", "url": "https://hr.example.com/erp/approval?****", "configured": True, "state": "parked",
+         "parked": 2, "parked_complete": True, "oldest_first_failure": at(now - 3 * HOUR_MS),
+         "oldest_age_seconds": 10800.0, "retry_deadline_seconds": 86400.0, "deadline_in_seconds": 75600.0,
+         "retention_in_seconds": 162060.0, "summary": "parked (2 records, oldest 3h 0m ago, deadline in 21h 0m)"},
+        {"name": "payroll", "url": "https://payroll.example.com/erp", "configured": True, "state": "delivering",
+         "parked": 0, "parked_complete": True, "oldest_first_failure": None, "oldest_age_seconds": None,
+         "retry_deadline_seconds": 604800.0, "deadline_in_seconds": None, "retention_in_seconds": None,
+         "summary": "delivering"},
+        {"name": "finance", "url": "https://finance.example.com/erp/approval", "configured": True,
+         "state": "parked", "parked": 2, "parked_complete": True, "oldest_first_failure": at(now - 26 * HOUR_MS),
+         "oldest_age_seconds": 93600.0, "retry_deadline_seconds": 604800.0, "deadline_in_seconds": 511200.0,
+         "retention_in_seconds": 79260.0,
+         "summary": "parked (2 records, oldest 1d 2h ago, retention in 22h 1m, before the deadline)"},
+        {"name": "legacy", "url": None, "configured": False, "state": "parked", "parked": 1, "parked_complete": True,
+         "oldest_first_failure": at(now - 10 * MINUTE_MS), "oldest_age_seconds": 600.0,
+         "retry_deadline_seconds": None, "deadline_in_seconds": None, "retention_in_seconds": 172260.0,
+         "summary": "parked (1 record, oldest 10m 0s ago, retention in 1d 23h)"},
+    ]
+    assert doc["routes_note"] is None
+    assert doc["parked_scan"] == {"complete": True, "records_read": 6, "unread": 0,
+                                  "max_records_per_partition": 100_000, "timeout_seconds": 10.0}
+
+    # a bounded scan: counts become lower bounds, and status says so
+    with mock.patch("consumer.ops.parked.MAX_SCAN_RECORDS", 2):
+        bounded = status_at(t, now)
+        doc = json.loads(status_at(t, now, "--json").out)
+    assert {route["name"]: route["summary"] for route in doc["routes"]} == {
+        "hr": "parked (at least 1 record, oldest 3h 0m ago, deadline in 21h 0m)",
+        "payroll": "delivering (as far as read)",
+        "finance": "parked (at least 1 record, oldest 1d 2h ago, retention in 22h 1m, before the deadline)",
+        "legacy": "parked (at least 1 record, oldest 10m 0s ago, retention in 1d 23h)"}
+    assert doc["parked_scan"] == {"complete": False, "records_read": 4, "unread": 2,
+                                  "max_records_per_partition": 2, "timeout_seconds": 10.0}
+    assert ("(At least: 2 records not read; status reads at most 2 records per retry partition, for 10 s in all.)"
+            in bounded.out.splitlines())
+
+    # no ERP settings at all: status still works, and says why it shows no routes
+    del t.env["ERP_SYNC_ROUTES_FILE"], t.env["ERP_SYNC_ERP_URL"]
+    r = status_at(t, now)
+    assert r.code == 0, r.err
+    assert r.out.splitlines()[-1] == ("Routes: not shown: ERP_SYNC_ERP_URL is not set and there is no "
+                                      "ERP_SYNC_ROUTES_FILE (status needs neither).")
+    assert table_rows(r.out, "RETRY PARTITION")[2] == ["total", "6", "10740.0"]
+    doc = json.loads(status_at(t, now, "--json").out)
+    assert (doc["routes"], doc["parked_scan"]) == (None, None)
+    assert doc["routes_note"] == r.out.splitlines()[-1]
+    assert committed(broker, t.group, retry, 2) == {0: 1, 1: 1}  # status reads only
 
 
 # ------------------------------------------------------------------------------------------------ reset-offsets
