@@ -91,6 +91,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     target.add_argument("--shift-by", type=int, metavar="N",
                         help="move by N records (negative: back, to re-read them)")
     reset.add_argument("--partitions", metavar="0,2", help="only these partitions (default: all)")
+    reset.add_argument("--topic", help="the source topic, when ERP_SYNC_TOPIC lists several")
     reset.add_argument("--execute", action="store_true", help="apply the new offsets (default: dry run)")
     reset.set_defaults(func=guarded("reset-offsets", cmd_reset_offsets))
 
@@ -103,6 +104,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="only this InstanceId (repeat for more)")
     replay.add_argument("--dry-run", action="store_true",
                         help="print what would be pushed (InstanceId, Idempotency-Key); send nothing")
+    replay.add_argument("--topic", help="the source topic, when ERP_SYNC_TOPIC lists several")
     add_push_options(replay)
     replay.set_defaults(func=guarded("replay", cmd_replay))
 

@@ -294,3 +294,33 @@ def tool_settings(needs_erp: bool = False) -> Settings:
         raise ConfigError("ERP_SYNC_ERP_URL: required to push (the ERP endpoint, e.g. "
                           "https://erp.example.com/apaas/push); --dry-run works without it")
     return settings
+
+
+def for_source_topic(settings: Settings, chosen: str | None) -> Settings:
+    """The settings of a tool that works on one source topic: ``ERP_SYNC_TOPIC`` narrowed to it.
+
+    The dead-letter topic stays the one ``run`` writes to.
+
+    Raises:
+        UsageError: as :func:`source_topic`.
+    """
+    topic = source_topic(settings, chosen)
+    if topic == settings.topic:
+        return settings
+    return settings.model_copy(update={"topic": topic, "dlq_topic": settings.dead_letter_topic})
+
+
+def source_topic(settings: Settings, chosen: str | None) -> str:
+    """The source topic a tool works on: ``--topic``, or the one ``ERP_SYNC_TOPIC`` names.
+
+    Raises:
+        UsageError: ``--topic`` is not one of ``ERP_SYNC_TOPIC``, or it lists several and none is chosen.
+    """
+    topics = settings.topics
+    if chosen is not None:
+        if chosen not in topics:
+            raise UsageError(f"--topic {chosen}: not a source topic of ERP_SYNC_TOPIC ({', '.join(topics)})")
+        return chosen
+    if len(topics) > 1:
+        raise UsageError(f"ERP_SYNC_TOPIC lists {len(topics)} topics ({', '.join(topics)}): name one with --topic")
+    return topics[0]

@@ -42,14 +42,13 @@ def check_broker(settings: Settings, timeout_s: float = TIMEOUT_S) -> Check:
         metadata = admin_client(settings).list_topics(timeout=timeout_s)
     except Exception as exc:  # noqa: BLE001 - KafkaException, timeouts: say it
         return Check(what, False, f"unreachable ({error_text(exc)})")
-    missing = [t for t in (settings.topic, settings.dead_letter_topic) if t not in metadata.topics]
+    missing = [t for t in (*settings.topics, settings.dead_letter_topic) if t not in metadata.topics]
     brokers = plural(len(metadata.brokers), "broker")
     if missing:
         return Check(what, False, f"reachable ({brokers}), but topic {', '.join(missing)} does not exist "
                                   "(erp-sync create-topics creates it)")
-    parts = len(metadata.topics[settings.topic].partitions)
-    return Check(what, True, f"reachable ({brokers}); {settings.topic}: {plural(parts, 'partition')}; "
-                             f"{settings.dead_letter_topic} exists")
+    sources = "; ".join(f"{t}: {plural(len(metadata.topics[t].partitions), 'partition')}" for t in settings.topics)
+    return Check(what, True, f"reachable ({brokers}); {sources}; {settings.dead_letter_topic} exists")
 
 
 def check_registry(settings: Settings, timeout_s: float = TIMEOUT_S) -> Check | None:

@@ -26,7 +26,7 @@ from ..delivery.push import PushResult
 from ..erp.verdict import Outcome
 from ..errors import RecordError, ToolError, UsageError
 from ..settings import Settings
-from .cluster import Cluster, reader_config, tool_settings
+from .cluster import Cluster, for_source_topic, reader_config, tool_settings
 from .console import Progress, plural, time_arg
 from .pushing import ToolPushes
 from .reading import Step, ToolRun, read_into_summary
@@ -311,7 +311,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     end, end_ms = time_arg(args.to, "--to")
     if start_ms >= end_ms:
         raise UsageError(f"--from ({start.isoformat()}) must be before --to ({end.isoformat()})")
-    settings = tool_settings(needs_erp=not args.dry_run)
+    settings = for_source_topic(tool_settings(needs_erp=not args.dry_run), getattr(args, "topic", None))
     instance_ids = set(args.instance_id) if args.instance_id else None
     options = PushOptions.of(settings, args)
     summary = replay_window(settings, start_ms, end_ms, instance_ids, args.dry_run, sys.stdout, options)

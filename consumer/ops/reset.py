@@ -16,7 +16,7 @@ from confluent_kafka import (
 from ..errors import ToolError, UsageError
 from ..kafka import error_text
 from ..settings import Settings
-from .cluster import REQUEST_TIMEOUT_S, Cluster, GroupInfo, resume_position, tool_settings
+from .cluster import REQUEST_TIMEOUT_S, Cluster, GroupInfo, for_source_topic, resume_position, tool_settings
 from .console import plural, table, time_arg
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ def cmd_reset_offsets(args: argparse.Namespace) -> int:
     """
     if args.to_offset is not None and args.to_offset < 0:
         raise UsageError(f"--to-offset {args.to_offset}: an offset is >= 0")
-    settings = tool_settings()
+    settings = for_source_topic(tool_settings(), getattr(args, "topic", None))
     topic, group = settings.topic, settings.group_id
     with Cluster(settings) as cluster:
         partitions = parse_partitions(args.partitions, cluster.require_partitions(topic), topic)

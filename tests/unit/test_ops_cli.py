@@ -29,3 +29,22 @@ def test_the_main_help_names_the_variables_where_they_are_documented_and_check_c
 def test_each_tool_says_it_reads_the_configuration_of_run(names: tuple[str, ...]) -> None:
     text = subparser(build_parser(), *names).format_help()
     assert "Configuration: the ERP_SYNC_* variables of `erp-sync run`" in text
+
+
+def test_a_tool_on_several_source_topics_works_on_the_one_named_with_topic() -> None:
+    """ERP_SYNC_TOPIC=a,b made reset-offsets and replay ask the broker for topic "a,b"."""
+    from consumer.errors import UsageError
+    from consumer.ops.cluster import for_source_topic
+    from consumer.settings import load_settings
+
+    settings = load_settings({"ERP_SYNC_TOPIC": "wf,orders"})
+    narrowed = for_source_topic(settings, "orders")
+    assert (narrowed.topic, narrowed.topics, narrowed.dead_letter_topic) == ("orders", ("orders",), "wf.dlq")
+    with pytest.raises(UsageError, match=r"^ERP_SYNC_TOPIC lists 2 topics \(wf, orders\): name one with --topic$"):
+        for_source_topic(settings, None)
+    with pytest.raises(UsageError, match=r"^--topic other: not a source topic of ERP_SYNC_TOPIC \(wf, orders\)$"):
+        for_source_topic(settings, "other")
+    single = load_settings({"ERP_SYNC_TOPIC": "wf"})
+    assert for_source_topic(single, None) is single
+    for names in (("reset-offsets",), ("replay",)):
+        assert "--topic" in subparser(build_parser(), *names).format_help()
