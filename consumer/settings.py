@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     max_in_flight_ceiling: int = Field(default=256, ge=1, le=4096)
     max_buffered_records: int = Field(default=5000, ge=1)
     max_value_bytes: int = Field(default=1_048_576, ge=1)
-    commit_interval_seconds: float = Field(default=1.0, gt=0)
+    commit_interval_seconds: float = Field(default=0.2, gt=0)
     shutdown_timeout_seconds: float = Field(default=20.0, gt=0, le=3600)
     lag_refresh_seconds: float = Field(default=5.0, gt=0)
     rejoin_timeout_seconds: float = Field(default=90.0, gt=0)

@@ -10,7 +10,10 @@
    commit's metadata (:func:`~.offsets.encode_finished`, as Parallel Consumer does), so that the next
    owner, after a rebalance or a ``kill -9``, skips them; only where either moved;
 3. commit them: asynchronously every ``ERP_SYNC_COMMIT_INTERVAL_SECONDS`` (the broker's answer comes
-   back through :meth:`on_commit`), synchronously on revoke and at shutdown.
+   back through :meth:`on_commit`) and at shutdown (its answer awaited for a bounded time: a
+   synchronous commit waits for the group coordinator without limit, so a broker that is down at
+   SIGTERM would hold the pod past its grace period); synchronously on revoke (the coordinator is
+   the one asking).
 
 Only an acknowledged commit moves a partition's ``committed`` mark; failures are counted
 (``erp_sync_commits_total{result="error"}``) and logged at most once per 30 s.
@@ -62,6 +65,8 @@ class Committer:
     interval_s: float
     errors: Throttle
     _next: float = 0.0
+    awaiting: int = 0
+    """Asynchronous commits sent and not answered yet."""
 
     def maybe_commit(self, consumer: CommittingConsumer, now: float) -> None:
         """Commit asynchronously when the interval has passed (``now``: monotonic seconds)."""
@@ -86,6 +91,7 @@ class Committer:
         try:
             if asynchronous:
                 consumer.commit(offsets=tps, asynchronous=True)
+                self.awaiting += 1
             else:
                 self.committed(consumer.commit(offsets=tps, asynchronous=False))
         except KafkaException as exc:
@@ -110,6 +116,7 @@ class Committer:
 
     def on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
         """Librdkafka's ``on_commit`` callback: the broker's answer to an asynchronous commit."""
+        self.awaiting = max(0, self.awaiting - 1)
         if err is not None:
             self.metrics.commit_error.inc()
             self.errors.warning(log, "commit", "commit failed: %s", err, event="kafka_error", error_key="commit")

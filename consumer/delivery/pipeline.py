@@ -47,6 +47,10 @@ from .settle import Disposition, Record, RunStats, Settler
 log = logging.getLogger(__name__)
 
 POLL_TIMEOUT_S = 0.05
+FINAL_COMMIT_TIMEOUT_S = 10.0
+"""How long shutdown waits for the broker's answer to its last commit."""
+CLOSE_TIMEOUT_S = 5.0
+"""How long shutdown waits to leave the group once the broker did not answer that commit."""
 CONSUME_BATCH = 500
 KAFKA_ERROR_LOG_EVERY_S = 30.0
 
@@ -78,6 +82,7 @@ class Pipeline:
         self.assignment = Assignment()
         self.stopping = False
         self.shutdown_deadline: float | None = None
+        self._final_commit_unanswered = False
         self._stop = threading.Event()
         self._fatal: str | None = None
         self._last_activity = time.monotonic()
@@ -241,7 +246,7 @@ class Pipeline:
         self.in_flight.settle_results()
         left = self.flush_dead_letters(max(0.0, min(5.0, deadline - time.monotonic())))
         self.in_flight.settle_results()
-        self.commit_now(None)
+        self.final_commit(FINAL_COMMIT_TIMEOUT_S)
         unfinished = self.assignment.unfinished
         if unfinished or left:
             resume = ", ".join(f"{s}@{s.offsets.floor}" if s.offsets.floor is not None else
@@ -255,16 +260,16 @@ class Pipeline:
                         extra={"event": "shutdown_abandoned", "unfinished": unfinished,
                                "given_up": self.stats.given_up, "in_request": running, "queued": queued,
                                "dead_letters_pending": left})
-        try:
-            self.consumer.close()  # leaves the group
-        except Exception as exc:  # noqa: BLE001
-            log.warning("consumer close failed: %s", exc)
+        self._close_consumer()
         self.in_flight.close()
         self.dead_letters.close(1.0)
         self.watermarks.close()
-        log.info("stopped: %d pushed, %s, %d skipped, %d dead-lettered, %s, %d unfinished",
+        done_before = (f", {self.stats.already_done} already done (finished by an earlier owner, not pushed again)"
+                       if self.stats.already_done else "")
+        log.info("stopped: %d pushed, %s, %d skipped, %d dead-lettered, %s, %d unfinished%s",
                  self.stats.pushed, plural(self.stats.duplicates, "duplicate"), self.stats.skipped,
-                 self.stats.dead_lettered, plural(self.stats.commits, "commit"), unfinished, extra={"event": "stopped"})
+                 self.stats.dead_lettered, plural(self.stats.commits, "commit"), unfinished, done_before,
+                 extra={"event": "stopped", "already_done": self.stats.already_done})
 
     # ------------------------------------------------------------------ what the rebalance handling calls
 
@@ -276,8 +281,57 @@ class Pipeline:
             self.parker.poll()
         self.in_flight.settle_results()
 
+    def _close_consumer(self) -> None:
+        """Leave the group; bounded when the broker does not answer (librdkafka's close is not)."""
+        def close() -> None:
+            try:
+                self.consumer.close()  # leaves the group
+            except Exception as exc:  # noqa: BLE001
+                log.warning("consumer close failed: %s", exc)
+
+        if not self._final_commit_unanswered:
+            close()
+            return
+        closer = threading.Thread(target=close, name="consumer-close", daemon=True)
+        closer.start()
+        closer.join(CLOSE_TIMEOUT_S)
+        if closer.is_alive():
+            log.warning("the consumer did not leave the group within %.0f s (the broker does not answer): exiting "
+                        "anyway; the group removes this member once its session times out (session.timeout.ms)",
+                        CLOSE_TIMEOUT_S, extra={"event": "close_timeout"})
+
+    def final_commit(self, timeout_s: float) -> bool:
+        """Commit every owned partition at shutdown and wait up to ``timeout_s`` s for the answer.
+
+        Returns:
+            True when every commit sent was answered (acknowledged or refused) in time.
+        """
+        self.committer.commit(self.consumer, asynchronous=True)
+        deadline = time.monotonic() + timeout_s
+        while self.committer.awaiting and time.monotonic() < deadline:
+            try:
+                self.consumer.poll(0.1)  # serves on_commit; the partitions are paused
+            except KafkaException:
+                pass
+        if self.committer.awaiting:
+            self._final_commit_unanswered = True
+            log.warning("shutdown: the last commit was not answered within %.0f s (the broker or the group "
+                        "coordinator does not answer); the next owner resumes from the last acknowledged commit",
+                        timeout_s, extra={"event": "commit_unanswered"})
+            return False
+        return True
+
     def commit_now(self, only: list[TP] | None) -> None:
-        """Commit the finished offsets synchronously (of ``only``, or of every owned partition)."""
+        """Commit the finished offsets synchronously (of ``only``, or of every owned partition).
+
+        Not while the broker is known not to answer (the last shutdown commit went unanswered, or the
+        broker is down): a synchronous commit waits for the group coordinator without limit, so the
+        commit is sent asynchronously instead and the partitions move on (their next owner reads
+        again from the last acknowledged commit).
+        """
+        if self._final_commit_unanswered or not self.health.broker_up:
+            self.committer.commit(self.consumer, asynchronous=True, only=only)
+            return
         self.committer.commit(self.consumer, asynchronous=False, only=only)
 
     def flush_dead_letters(self, timeout_s: float) -> int:
