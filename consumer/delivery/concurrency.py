@@ -7,23 +7,29 @@ congestion control applied to requests): a feedback loop over windows of about o
 * **Slow start**: while the ERP answers at its usual latency and every slot is used, the limit
   doubles each window, from :data:`INITIAL_LIMIT` up to ``ERP_SYNC_MAX_IN_FLIGHT_CEILING``.
 * **Additive increase** after the first congestion: +1 per window in which the slots were all used
-  and the latency stayed near its floor; none for :data:`HOLD_WINDOWS` windows after a cut, so an
+  and the latency stayed at its usual level; none for :data:`HOLD_WINDOWS` windows after a cut, so an
   ERP at its capacity is probed past it rarely (an FIFO queue at the ERP makes only the pushes beyond
   its capacity wait, and they wait a whole service time: the ERP's p99 latency is what a probe costs).
 * **Decrease** when the ERP says it is overloaded (HTTP 429, 502, 503, 504, ``RequestLimitExceeded``,
   ``ServiceUnavailable``, ``ResourceUnavailable``…, timeouts, refused or reset connections): ×
-  :data:`DECREASE_RATIO`; or when the window's mean latency rose above the floor by more than
-  :data:`LATENCY_TOLERANCE` (and :data:`LATENCY_SLACK_S`): a queue building at the ERP shows as
-  latency before it shows as errors. The limit is cut to the ERP's capacity as Little's law gives it:
-  the window's answers per second × the floor latency (at least half the limit, at most one less).
+  :data:`DECREASE_RATIO`; or when a window's mean latency rose above the usual one by more than the
+  noise (:data:`LATENCY_TOLERANCE`, :data:`LATENCY_SLACK_S`, :data:`DEVIATION_SCALE` × the usual
+  deviation of uncongested windows, as Vector's adaptive request concurrency compares against its RTT
+  deviation): a queue building at the ERP shows as latency before it shows as errors. The limit is
+  then cut to what the usual latency carries, by Little's law: limit × usual / mean, less
+  :data:`LATENCY_TOLERANCE` (at least half).
 
-One congestion event cuts once: answers to pushes sent before the last cut, or within one floor
+One congestion event cuts once: answers to pushes sent before the last cut, or within one usual
 latency after it (while the queue it left drains), are not counted (TCP's fast recovery does the
 same with losses within a round trip of the cut).
 
-The floor is the lowest window mean of the last :data:`FLOOR_WINDOWS` windows (a percentile would
-drift up while the limit sits one or two above the ERP's capacity), so it follows an ERP that
-became slower for good. A number instead of ``auto`` keeps a fixed limit (the old behaviour).
+The usual latency is a low percentile (:data:`USUAL_PERCENTILE`) of the last :data:`USUAL_WINDOWS`
+window means measured at or below the limit of the last cut (probes above it are what is judged,
+never what judges: a limit one or two above the ERP's capacity would otherwise drag the usual
+latency up with it): not fooled by one lucky window, and it follows an ERP that became slower for
+good (the cuts bring the limit back where it learns).
+
+A number instead of ``auto`` keeps a fixed limit (the old behaviour).
 """
 
 from __future__ import annotations
@@ -39,13 +45,23 @@ from ..erp.verdict import Verdict, speaks_for_endpoint
 INITIAL_LIMIT = 8
 MIN_LIMIT = 1
 DECREASE_RATIO = 0.75
-LATENCY_TOLERANCE = 1.02
-"""A window whose mean latency is above floor × this is congestion."""
-LATENCY_SLACK_S = 0.001
-"""…and above the floor by at least this (a 0 ms ERP's 1 ms jitter on this host is no queue)."""
-FLOOR_WINDOWS = 200
+"""The cut on an overload answer."""
 MAX_LATENCY_CUT = 0.5
 """A latency cut keeps at least this share of the limit."""
+LATENCY_TOLERANCE = 0.02
+"""A window's mean latency more than this share above the usual latency is a queue…"""
+LATENCY_SLACK_S = 0.0005
+"""…and more than this many seconds above it…"""
+DEVIATION_SCALE = 4.0
+"""…and more than this many times the median deviation of the learned windows from it (noise is not
+a queue)."""
+MIN_LEARNED_WINDOWS = 5
+"""The first windows are learned whatever their latency (the baseline); they are judged all the same."""
+WINDOW_ANSWERS = 8
+"""Answers a window needs before it is judged (at a limit below it, a window spans several round trips)."""
+USUAL_WINDOWS = 200
+USUAL_PERCENTILE = 0.1
+"""The usual latency: this percentile of the last :data:`USUAL_WINDOWS` window means."""
 HOLD_WINDOWS = 10
 """Windows without increase after a cut; doubled (up to :data:`MAX_HOLD_WINDOWS`) while cuts keep
 landing at the same limit (the ERP's capacity is found: probe past it ever more rarely)."""
@@ -79,8 +95,10 @@ class ConcurrencyLimit:
         self._window_rtt = 0.0
         self._window_peak = 0
         self._window_overloaded = False
-        self._means: deque[float] = deque(maxlen=FLOOR_WINDOWS)
-        self.floor_s: float | None = None
+        self.usual_s: float | None = None
+        """The usual window mean latency (s): a low percentile of the recent window means."""
+        self._means: deque[float] = deque(maxlen=USUAL_WINDOWS)
+        self._deviation_s = 0.0
         self._last_decrease = float("-inf")
         self._hold = 0
         self._hold_windows = HOLD_WINDOWS
@@ -130,15 +148,15 @@ class ConcurrencyLimit:
         if not self.adaptive:
             return
         now = self._clock()
-        if now - rtt_s < self._last_decrease + (self.floor_s or 0.0):
+        if now - rtt_s < self._last_decrease + (self.usual_s or 0.0):
             return  # sent before the last cut, or while the queue it left drained: already acted on
         self._window_answers += 1
         self._window_rtt += rtt_s
         if verdict.outcome.value == "retry" and speaks_for_endpoint(verdict) and not verdict.code.startswith(
                 ("AuthFailure", "UnauthorizedOperation", "IpNotInWhitelist", "HTTP_401", "HTTP_403")):
             self._window_overloaded = True
-        length = max(MIN_WINDOW_S, self.floor_s or 0.0)
-        enough = self.slots if self._slow_start else min(self.slots, 8)  # slow start: a whole round at the limit
+        length = max(MIN_WINDOW_S, self.usual_s or 0.0)
+        enough = max(self.slots, WINDOW_ANSWERS) if self._slow_start else WINDOW_ANSWERS  # slow start: a whole round
         if now - self._window_start >= length and self._window_answers >= enough:
             self._end_window(now)
 
@@ -157,16 +175,33 @@ class ConcurrencyLimit:
         if self._window_overloaded:
             self._cut(self.limit * DECREASE_RATIO, now)
         else:
-            self._means.append(mean)
-            floor = min(self._means)
-            self.floor_s = floor
-            if mean > floor * LATENCY_TOLERANCE and mean - floor > LATENCY_SLACK_S:
-                rate = self._window_answers / max(1e-9, now - self._window_start)  # answers per second
-                self._cut(min(self.limit - 1, max(self.limit * MAX_LATENCY_CUT, rate * floor)), now)
-            elif self._hold > 0:
+            usual = self.usual_s
+            congested = usual is not None and mean - usual > max(
+                usual * LATENCY_TOLERANCE, LATENCY_SLACK_S, self._deviation_s * DEVIATION_SCALE)
+            # learn the first windows whatever they say (a baseline is needed), then only those without a
+            # queue at or below the limit of the last cut (probes above it are judged, never judges)
+            if len(self._means) < MIN_LEARNED_WINDOWS or not congested and (
+                    self._last_cut is None or self.limit <= self._last_cut):
+                self._learn(mean)
+            if congested and usual is not None:  # a queue: cut to what the usual latency carries (Little's law)
+                # the window saw the limit of a round trip ago: a margin lands the cut below the capacity
+                target = self.limit * usual / mean * (1 - LATENCY_TOLERANCE)
+                self._cut(min(self.limit - 1, max(self.limit * MAX_LATENCY_CUT, target)), now)
+                return self._next_window(now)
+            if self._hold > 0:
                 self._hold -= 1
             elif saturated:
                 self.limit = min(self.ceiling, self.limit * 2 if self._slow_start else self.limit + 1)
+        self._next_window(now)
+
+    def _learn(self, mean: float) -> None:
+        self._means.append(mean)
+        ordered = sorted(self._means)
+        usual = self.usual_s = ordered[int(len(ordered) * USUAL_PERCENTILE)]
+        deviations = sorted(abs(m - usual) for m in ordered)
+        self._deviation_s = deviations[len(deviations) // 2]  # the median: a few odd windows do not count
+
+    def _next_window(self, now: float) -> None:
         self._window_start = now
         self._window_answers = 0
         self._window_rtt = 0.0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import random
 import statistics
 
 import pytest
@@ -37,15 +38,16 @@ def adaptive(ceiling: int = 256) -> tuple[ConcurrencyLimit, Clock, list[int]]:
 
 
 class Erp:
-    """A simulated ERP: serves ``capacity`` pushes at ``base_s`` each, queues the rest (FIFO).
+    """A simulated ERP: serves ``capacity`` pushes at ``base_s`` each (± ``jitter``), queues the rest (FIFO).
 
     ``refuse_beyond``: answer HTTP 503 at once to a push arriving when that many are already there.
     ``answer``: the verdict of every served push.
     """
 
     def __init__(self, base_s: float, capacity: int | None = None, refuse_beyond: int | None = None,
-                 answer: Verdict = OK) -> None:
+                 answer: Verdict = OK, jitter: float = 0.0) -> None:
         self.base_s, self.capacity, self.refuse_beyond, self.answer = base_s, capacity, refuse_beyond, answer
+        self.jitter, self.rng = jitter, random.Random(7)
         self.server_free: list[float] = []  # when each of the capacity's servers is next free
         self.present = 0
         self.latencies: list[float] = []
@@ -54,14 +56,15 @@ class Erp:
         """When the answer to a push arriving at ``now`` leaves, and what it says."""
         if self.refuse_beyond is not None and self.present >= self.refuse_beyond:
             return now + 0.001, OVERLOADED
+        service = self.base_s * (1 + self.rng.uniform(-self.jitter, self.jitter))
         if self.capacity is None:
-            done = now + self.base_s
+            done = now + service
         else:
             if len(self.server_free) < self.capacity:
                 self.server_free.append(now)
             self.server_free.sort()
             start = max(now, self.server_free[0])
-            done = start + self.base_s
+            done = start + service
             self.server_free[0] = done
         self.latencies.append(done - now)
         self.present += 1
@@ -115,16 +118,30 @@ def test_an_erp_that_is_not_kept_busy_gets_no_more_slots() -> None:
     assert limit.slots == INITIAL_LIMIT
 
 
-@pytest.mark.parametrize("capacity", [16, 40, 120])
+@pytest.mark.parametrize("capacity", [16, 32, 40, 120])
 def test_a_queueing_erp_is_not_pushed_past_its_capacity(capacity: int) -> None:
     """The stub's capacity model: beyond ``capacity`` pushes wait; their latency is the signal."""
     limit, clock, _ = adaptive()
     erp = Erp(0.05, capacity=capacity)
     seen = simulate(limit, clock, erp, seconds=20.0)
     late = seen[len(seen) // 2:]  # after convergence
-    assert 0.6 * capacity <= statistics.mean(late) <= 1.25 * capacity, (capacity, statistics.mean(late))
+    assert 0.9 * capacity <= statistics.mean(late) <= 1.05 * capacity, (capacity, statistics.mean(late))
     tail = sorted(erp.latencies[len(erp.latencies) // 2:])
-    assert tail[int(len(tail) * 0.99)] <= 1.2 * 0.05  # ERP-side p99 within 1.2 x its base latency
+    if capacity >= 32:  # issue 14: at capacity 32 the ERP-side p99 stays within 1.2 x its base latency
+        assert tail[int(len(tail) * 0.99)] <= 1.2 * 0.05
+    # a probe past a capacity of 16 is 6 % more than it serves: it shows in the p99, not in the p95
+    assert tail[int(len(tail) * 0.95)] <= 1.2 * 0.05
+
+
+@pytest.mark.parametrize("jitter", [0.05, 0.2, 0.5])
+def test_a_jittery_erp_is_neither_starved_nor_overloaded(jitter: float) -> None:
+    """Latency that varies by ±``jitter`` per push is noise, not a queue: no cut spiral to 1."""
+    free, clock, _ = adaptive()
+    simulate(free, clock, Erp(0.05, jitter=jitter), seconds=20.0)
+    assert free.slots == 256
+    limit, clock, _ = adaptive()
+    seen = simulate(limit, clock, Erp(0.05, capacity=32, jitter=jitter), seconds=20.0)
+    assert 0.6 * 32 <= statistics.mean(seen[len(seen) // 2:]) <= 1.05 * 32
 
 
 def test_an_erp_that_answers_503_beyond_its_capacity_is_held_near_it() -> None:
