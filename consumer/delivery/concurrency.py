@@ -78,10 +78,12 @@ class ConcurrencyLimit:
         ceiling: the highest limit ``adaptive`` may reach.
         clock: monotonic seconds (tests pass a fake one).
         on_change: told the new limit (a gauge).
+        on_cut: told ``(before, after, why)`` on every cut (a log line).
     """
 
     def __init__(self, limit: int, adaptive: bool = False, ceiling: int = 256,
-                 clock: Callable[[], float] = time.monotonic, on_change: Callable[[int], None] | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, on_change: Callable[[int], None] | None = None,
+                 on_cut: Callable[[int, int, str], None] | None = None) -> None:
         self.adaptive = adaptive
         self.ceiling = max(1, ceiling)
         self.limit = float(min(limit, self.ceiling) if adaptive else limit)
@@ -89,6 +91,8 @@ class ConcurrencyLimit:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._clock = clock
         self._on_change = on_change
+        self._on_cut = on_cut
+        self._overload_code = ""
         self._slow_start = True
         self._window_start = clock()
         self._window_answers = 0
@@ -155,13 +159,17 @@ class ConcurrencyLimit:
         if verdict.outcome.value == "retry" and speaks_for_endpoint(verdict) and not verdict.code.startswith(
                 ("AuthFailure", "UnauthorizedOperation", "IpNotInWhitelist", "HTTP_401", "HTTP_403")):
             self._window_overloaded = True
+            self._overload_code = verdict.code
         length = max(MIN_WINDOW_S, self.usual_s or 0.0)
         enough = max(self.slots, WINDOW_ANSWERS) if self._slow_start else WINDOW_ANSWERS  # slow start: a whole round
         if now - self._window_start >= length and self._window_answers >= enough:
             self._end_window(now)
 
-    def _cut(self, limit: float, now: float) -> None:
+    def _cut(self, limit: float, now: float, why: str) -> None:
+        before = self.slots
         self.limit = max(float(MIN_LIMIT), limit)
+        if self._on_cut is not None:
+            self._on_cut(before, self.slots, why)
         self._slow_start = False
         self._last_decrease = now
         same = self._last_cut is not None and abs(int(self.limit) - self._last_cut) <= 1
@@ -173,7 +181,7 @@ class ConcurrencyLimit:
         mean = self._window_rtt / self._window_answers
         saturated = self._window_peak >= self.slots
         if self._window_overloaded:
-            self._cut(self.limit * DECREASE_RATIO, now)
+            self._cut(self.limit * DECREASE_RATIO, now, f"the ERP answered {self._overload_code} (overloaded)")
         else:
             usual = self.usual_s
             congested = usual is not None and mean - usual > max(
@@ -186,7 +194,8 @@ class ConcurrencyLimit:
             if congested and usual is not None:  # a queue: cut to what the usual latency carries (Little's law)
                 # the window saw the limit of a round trip ago: a margin lands the cut below the capacity
                 target = self.limit * usual / mean * (1 - LATENCY_TOLERANCE)
-                self._cut(min(self.limit - 1, max(self.limit * MAX_LATENCY_CUT, target)), now)
+                self._cut(min(self.limit - 1, max(self.limit * MAX_LATENCY_CUT, target)), now,
+                          f"latency {mean * 1000:.1f} ms against a usual {usual * 1000:.1f} ms (a queue at the ERP)")
                 return self._next_window(now)
             if self._hold > 0:
                 self._hold -= 1

@@ -16,6 +16,7 @@ import httpx
 
 from ..erp.client import ErpClient
 from ..erp.verdict import code_matches
+from ..logs import Throttle, plural
 from ..metrics import Metrics
 from ..routes import Route, RouteTable
 from .concurrency import INITIAL_LIMIT, ConcurrencyLimit
@@ -23,6 +24,9 @@ from .push import Pusher, PushLog
 from .retry import RateLimiter, SharedBackoff
 
 log = logging.getLogger("consumer.delivery.pipeline")
+
+CUT_LOG_EVERY_S = 60.0
+"""At most one line per route about its adaptive in-flight limit being cut, per this many seconds."""
 
 AUTH_CODES = ("AuthFailure", "UnauthorizedOperation", "IpNotInWhitelist", "HTTP_401", "HTTP_403")
 """Answers that say our credentials or address are refused: only an operator can fix them."""
@@ -58,8 +62,18 @@ class Endpoint:
         metrics.retry_deadline.labels(route.name).set(s.retry_deadline_seconds)
         self.rate = RateLimiter(s.erp_max_requests_per_second) if s.erp_max_requests_per_second else None
         limit_gauge = metrics.in_flight_limit.labels(route.name)
+        cuts = Throttle(CUT_LOG_EVERY_S)
+
+        def cut(before: int, after: int, why: str) -> None:
+            held = cuts.allow("cut")
+            if held is not None:
+                log.info("in-flight limit of route %s cut from %d to %d: %s%s", route.name, before, after, why,
+                         f" ({plural(held, 'more cut')} in the last {CUT_LOG_EVERY_S:.0f} s)" if held else "",
+                         extra={"event": "in_flight_limit_cut", "route": route.name, "limit": after})
+
         self.limiter = ConcurrencyLimit(INITIAL_LIMIT if s.adaptive_in_flight else s.in_flight_limit,
-                                        s.adaptive_in_flight, s.in_flight_limit, on_change=limit_gauge.set)
+                                        s.adaptive_in_flight, s.in_flight_limit, on_change=limit_gauge.set,
+                                        on_cut=cut)
         self.log = PushLog(metrics, log, route=route.name, limiter=self.limiter)
         self.pusher = Pusher(self.erp, self.backoff, self.rate, self.log)
 
