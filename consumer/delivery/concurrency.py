@@ -79,11 +79,15 @@ class ConcurrencyLimit:
         clock: monotonic seconds (tests pass a fake one).
         on_change: told the new limit (a gauge).
         on_cut: told ``(before, after, why)`` on every cut (a log line).
+        stall: the longest delay of this process's event loop (s) since a monotonic time: a window
+            in which the loop itself was held up (the GIL, a GC pause) measures this process, not
+            the ERP, and is not judged.
     """
 
     def __init__(self, limit: int, adaptive: bool = False, ceiling: int = 256,
                  clock: Callable[[], float] = time.monotonic, on_change: Callable[[int], None] | None = None,
-                 on_cut: Callable[[int, int, str], None] | None = None) -> None:
+                 on_cut: Callable[[int, int, str], None] | None = None,
+                 stall: Callable[[float], float] | None = None) -> None:
         self.adaptive = adaptive
         self.ceiling = max(1, ceiling)
         self.limit = float(min(limit, self.ceiling) if adaptive else limit)
@@ -92,6 +96,7 @@ class ConcurrencyLimit:
         self._clock = clock
         self._on_change = on_change
         self._on_cut = on_cut
+        self.stall = stall
         self._overload_code = ""
         self._slow_start = True
         self._window_start = clock()
@@ -182,6 +187,9 @@ class ConcurrencyLimit:
         saturated = self._window_peak >= self.slots
         if self._window_overloaded:
             self._cut(self.limit * DECREASE_RATIO, now, f"the ERP answered {self._overload_code} (overloaded)")
+        elif self.stall is not None and self.stall(self._window_start) > max(
+                LATENCY_SLACK_S, (self.usual_s or 0.0) * LATENCY_TOLERANCE):
+            pass  # this process was held up during the window: its latencies say nothing of the ERP
         else:
             usual = self.usual_s
             congested = usual is not None and mean - usual > max(

@@ -15,12 +15,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+
+HEARTBEAT_S = 0.005
+"""The push loop's heartbeat: its lateness measures stalls of this process (see :meth:`stall_since`)."""
 
 try:  # libuv's event loop: about a tenth less CPU per push than asyncio's own (bench/, issue 14)
     import uvloop
@@ -61,11 +65,27 @@ class KeyedDispatcher(Generic[T]):
         self._incoming: list[tuple[Hashable, T, AbstractAsyncContextManager[Any] | None]] = []
         self._incoming_lock = threading.Lock()
         self._wakeup_pending = False
+        self._lags: deque[tuple[float, float]] = deque(maxlen=256)
         self.loop = new_event_loop()
         self._semaphore: AbstractAsyncContextManager[Any] | None = None
         self._thread = threading.Thread(target=self._run_loop, name="erp-push-loop", daemon=True)
         self._started = threading.Event()
         self.running = 0
+
+    def stall_since(self, since: float) -> float:
+        """The longest delay (s) of the loop's heartbeat since ``since`` (monotonic s).
+
+        The heartbeat is a callback every :data:`HEARTBEAT_S`; how late it runs is how long the loop
+        could not run anything (the GIL held by the poll thread, a GC pause, a long callback).
+        """
+        return max((lag for at, lag in self._lags if at >= since), default=0.0)
+
+    def _heartbeat(self, expected: float) -> None:
+        now = time.monotonic()
+        lag = now - expected
+        if lag > 0.001:  # beyond the timers' granularity
+            self._lags.append((now, lag))
+        self.loop.call_at(self.loop.time() + HEARTBEAT_S, self._heartbeat, now + HEARTBEAT_S)
 
     def start(self) -> None:
         """Start the event-loop thread."""
@@ -76,6 +96,7 @@ class KeyedDispatcher(Generic[T]):
         asyncio.set_event_loop(self.loop)
         self._semaphore = asyncio.Semaphore(self._max_in_flight)
         self.loop.call_soon(self._started.set)
+        self.loop.call_soon(self._heartbeat, time.monotonic())
         self.loop.run_forever()
 
     def call(self, coro: Coroutine[Any, Any, R], timeout_s: float = 30.0) -> R:

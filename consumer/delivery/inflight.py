@@ -49,6 +49,8 @@ class InFlight:
         self._abandon = threading.Event()
         self._results: queue.SimpleQueue[tuple[Record, PushResult]] = queue.SimpleQueue()
         self.dispatcher: KeyedDispatcher[Record] = KeyedDispatcher(max_in_flight, self._push, self._crashed)
+        for endpoint in endpoints:  # the adaptive limits do not judge windows in which this loop stalled
+            endpoint.limiter.stall = self.dispatcher.stall_since
 
     @property
     def running(self) -> int:
