@@ -1,7 +1,8 @@
 """The per-route concurrency limit (consumer/delivery/concurrency.py): fixed, and adaptive (``auto``).
 
-A fake clock drives the windows; "a window" below is: take every slot (the limit is saturated), let
-``rtt`` seconds pass, answer each push with ``verdict`` after ``rtt``, release.
+A fake clock and a simulated ERP (:class:`Erp`: a base latency, a capacity beyond which pushes queue
+FIFO, jitter, a refusal threshold) drive the adaptive limit as a discrete-event simulation: every
+slot is kept busy (:func:`simulate`), each answer feeds the limit when it comes back.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def simulate(limit: ConcurrencyLimit, clock: Clock, erp: Erp, seconds: float, wo
 
 def test_slow_start_doubles_each_round_trip_up_to_the_ceiling() -> None:
     limit, clock, changes = adaptive(ceiling=100)
-    simulate(limit, clock, Erp(0.05), seconds=1.0)
+    simulate(limit, clock, Erp(0.05), seconds=2.0)
     assert limit.slots == 100
     assert sorted(set(changes)) == [8, 16, 32, 64, 100]  # doubling, then the ceiling
 
@@ -120,17 +121,17 @@ def test_an_erp_that_is_not_kept_busy_gets_no_more_slots() -> None:
 
 @pytest.mark.parametrize("capacity", [16, 32, 40, 120])
 def test_a_queueing_erp_is_not_pushed_past_its_capacity(capacity: int) -> None:
-    """The stub's capacity model: beyond ``capacity`` pushes wait; their latency is the signal."""
+    """The stub's capacity model: beyond ``capacity`` pushes wait, and more in flight buys nothing."""
     limit, clock, _ = adaptive()
-    erp = Erp(0.05, capacity=capacity)
+    erp = Erp(0.05, capacity=capacity, jitter=0.01)  # 1 %: answers do not come back in lockstep
     seen = simulate(limit, clock, erp, seconds=20.0)
     late = seen[len(seen) // 2:]  # after convergence
-    assert 0.9 * capacity <= statistics.mean(late) <= 1.05 * capacity, (capacity, statistics.mean(late))
+    assert 0.9 * capacity <= statistics.mean(late) <= 1.1 * capacity, (capacity, statistics.mean(late))
     tail = sorted(erp.latencies[len(erp.latencies) // 2:])
-    if capacity >= 32:  # issue 14: at capacity 32 the ERP-side p99 stays within 1.2 x its base latency
-        assert tail[int(len(tail) * 0.99)] <= 1.2 * 0.05
-    # a probe past a capacity of 16 is 6 % more than it serves: it shows in the p99, not in the p95
     assert tail[int(len(tail) * 0.95)] <= 1.2 * 0.05
+    if capacity <= 40:  # issue 14: at capacity 32 the ERP-side p99 stays within 1.2 x its base latency
+        assert tail[int(len(tail) * 0.99)] <= 1.2 * 0.05
+    assert len(erp.latencies) / 20.0 >= 0.9 * capacity / 0.05  # and it is kept busy: 90 % of what it serves
 
 
 @pytest.mark.parametrize("jitter", [0.05, 0.2, 0.5])
@@ -138,7 +139,7 @@ def test_a_jittery_erp_is_neither_starved_nor_overloaded(jitter: float) -> None:
     """Latency that varies by ±``jitter`` per push is noise, not a queue: no cut spiral to 1."""
     free, clock, _ = adaptive()
     simulate(free, clock, Erp(0.05, jitter=jitter), seconds=20.0)
-    assert free.slots == 256
+    assert free.slots >= 0.9 * 256
     limit, clock, _ = adaptive()
     seen = simulate(limit, clock, Erp(0.05, capacity=32, jitter=jitter), seconds=20.0)
     assert 0.6 * 32 <= statistics.mean(seen[len(seen) // 2:]) <= 1.05 * 32
@@ -166,17 +167,21 @@ def test_answers_about_one_record_or_credentials_are_not_overload(verdict: Verdi
 
 @pytest.mark.parametrize("verdict", [OVERLOADED, TIMEOUT, Verdict(Outcome.RETRY, "RequestLimitExceeded"),
                                      Verdict(Outcome.RETRY, "InternalError", retry_after_s=2.0)])
-def test_overload_answers_cut_the_limit_once_per_round_trip(verdict: Verdict) -> None:
+def test_overload_answers_cut_the_limit_by_a_quarter(verdict: Verdict) -> None:
     limit, clock, changes = adaptive(ceiling=64)
-    simulate(limit, clock, Erp(0.05), seconds=1.0)
-    assert limit.slots == 64
+    simulate(limit, clock, Erp(0.05), seconds=2.0)
+    assert limit.slots == 64  # measured at the ceiling, not probing
     changes.clear()
     simulate(limit, clock, Erp(0.05, answer=verdict), seconds=0.05 * 1.01)  # one round trip of overload
-    assert changes == [int(64 * DECREASE_RATIO)] == [48]
-    changes.clear()
-    simulate(limit, clock, Erp(0.05), seconds=1.5)  # the hold (10 windows), then +1 per window
-    steps = [c for i, c in enumerate(changes) if i == 0 or c != changes[i - 1]]
-    assert steps[:4] == [48, 49, 50, 51]
+    assert changes[0] == int(64 * DECREASE_RATIO) == 48  # once for every answer sent before the cut
+
+
+def test_an_overloaded_probe_goes_back_to_the_measured_limit_and_waits_longer_each_time() -> None:
+    limit, clock, changes = adaptive(ceiling=256)
+    seen = simulate(limit, clock, Erp(0.05, refuse_beyond=50), seconds=30.0)
+    assert max(seen[len(seen) // 2:]) <= 64 and 35 <= statistics.mean(seen[len(seen) // 2:]) <= 52
+    probes = [c for i, c in enumerate(changes) if i and c > changes[i - 1]]
+    assert len(probes) < 20  # probes past the capacity get rarer
 
 
 def test_a_fixed_limit_never_moves_and_holds_the_pushes_beyond_it() -> None:
