@@ -9,7 +9,9 @@ congestion control applied to requests), judged by what more concurrency buys:
   many times the limit in answers (at least :data:`MIN_PHASE_ANSWERS`); it gives the rate of answers
   (per second) and their mean latency at that limit.
 * **Probe.** From a measured limit, try more: ×2 while in slow start (from :data:`INITIAL_LIMIT`),
-  ×:data:`PROBE_FACTOR` after. A probe is kept when the rate grew by at least
+  ×:data:`PROBE_FACTOR` after. A probe whose latency rises by more than half the limit's growth (and
+  :data:`GUARD_SLACK_S`) is given up within half a round trip: the extra pushes mostly wait. A probe
+  is kept when the rate grew by at least
   :data:`PROBE_EFFICIENCY` of the share the limit grew (an ERP that serves more when asked more),
   up to the knee: the rate reached × the lowest latency of the last :data:`RTT_PHASES` phases (by
   Little's law, what that rate needs without a queue);
@@ -47,7 +49,9 @@ PROBE_FACTOR = 1.25
 PROBE_EFFICIENCY = 0.25
 """A probe is kept when the rate grew by at least this share of the limit's growth."""
 LATENCY_GUARD = 0.5
-"""At a measured limit, a latency this share above the measured one is an ERP that became slower."""
+"""At a measured limit, a latency this share above the measured one is an ERP that became slower…"""
+GUARD_SLACK_S = 0.005
+"""…when it is also this many seconds above it (at 1 ms, this process's own jitter is no news)."""
 MIN_PHASE_ANSWERS = 64
 PHASE_ROUNDS = 4
 """A phase lasts at least this many round trips, and this many times the limit in answers."""
@@ -148,6 +152,11 @@ class ConcurrencyLimit:
         self._phase_answers += 1
         self._phase_rtt += rtt_s
         rtt = self._phase_rtt / self._phase_answers
+        if self._probing and self._ref is not None and self._phase_answers >= max(16, self.slots // 2):
+            ref_limit, _rate, ref_rtt = self._ref
+            if rtt - ref_rtt > GUARD_SLACK_S and rtt > ref_rtt * (1 + 0.5 * (self.limit / ref_limit - 1)):
+                self._probe_failed(ref_limit)  # the extra pushes mostly wait: a queue, not more service
+                return self._set(ref_limit, now)
         if (self._phase_answers >= max(MIN_PHASE_ANSWERS, PHASE_ROUNDS * self.slots)
                 and now - self._phase_start >= PHASE_ROUNDS * rtt):
             self._end_phase(now)
@@ -219,7 +228,7 @@ class ConcurrencyLimit:
                 return self._probe(now)
             self._probe_failed(ref_limit)  # no more served: back to the measured limit
             return self._set(ref_limit, now)
-        if self._ref is not None and rtt > self._ref[2] * (1 + LATENCY_GUARD):
+        if self._ref is not None and rtt > self._ref[2] * (1 + LATENCY_GUARD) and rtt - self._ref[2] > GUARD_SLACK_S:
             ref_rtt = self._ref[2]
             return self._cut(self.limit * ref_rtt / rtt, now,
                              f"latency {rtt * 1000:.1f} ms against {ref_rtt * 1000:.1f} ms at this limit "
