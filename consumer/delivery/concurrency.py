@@ -6,15 +6,16 @@ congestion control applied to requests), judged by what more concurrency buys:
 
 * **Measure.** A *phase* at one limit starts one round trip after the limit changed (until then
   answers still come at the former limit's pace) and lasts :data:`PHASE_ROUNDS` round trips and as
-  many times the limit in answers (at least :data:`MIN_PHASE_ANSWERS`); it gives the rate of answers
-  (per second) and their mean latency at that limit.
+  many times the limit in answers (at least :data:`MIN_PHASE_ANSWERS`; in slow start
+  :data:`SLOW_START_ROUNDS` and 16); it gives the rate of answers (per second) and their mean
+  latency at that limit.
 * **Probe.** From a measured limit, try more: ×2 while in slow start (from :data:`INITIAL_LIMIT`),
   ×:data:`PROBE_FACTOR` after. A probe whose latency rises by more than half the limit's growth (and
   :data:`GUARD_SLACK_S`) is given up within half a round trip: the extra pushes mostly wait. A probe
   is kept when the rate grew by at least
   :data:`PROBE_EFFICIENCY` of the share the limit grew (an ERP that serves more when asked more),
-  up to the knee: the rate reached × the lowest latency of the last :data:`RTT_PHASES` phases (by
-  Little's law, what that rate needs without a queue);
+  up to the knee: the rate reached × the latency at the limit it was probed from (by Little's law,
+  what that rate needs without the probe's queue);
   otherwise the limit goes back to where it was measured, and the next probe waits
   :data:`HOLD_PHASES` phases, twice as long each time a probe from the same limit fails (up to
   :data:`MAX_HOLD_PHASES`): an ERP at its capacity is probed past it ever more rarely. Rising
@@ -54,9 +55,11 @@ GUARD_SLACK_S = 0.005
 """…when it is also this many seconds above it (at 1 ms, this process's own jitter is no news)."""
 MIN_PHASE_ANSWERS = 64
 PHASE_ROUNDS = 4
-"""A phase lasts at least this many round trips, and this many times the limit in answers."""
+"""A phase lasts at least this many round trips, and this many times the limit in answers…"""
+SLOW_START_ROUNDS = 2
+"""…in slow start, this many (a doubling that queues is given up early anyway)."""
 RTT_PHASES = 100
-"""The lowest mean latency of the last this many phases is the latency without a queue."""
+"""Phases whose mean latency is remembered (the last one sets how long a change takes to show)."""
 HOLD_PHASES = 4
 """Phases at a measured limit before the next probe; doubled (up to :data:`MAX_HOLD_PHASES`) each
 time a probe from the same limit fails."""
@@ -157,8 +160,8 @@ class ConcurrencyLimit:
             if rtt - ref_rtt > GUARD_SLACK_S and rtt > ref_rtt * (1 + 0.5 * (self.limit / ref_limit - 1)):
                 self._probe_failed(ref_limit)  # the extra pushes mostly wait: a queue, not more service
                 return self._set(ref_limit, now)
-        if (self._phase_answers >= max(MIN_PHASE_ANSWERS, PHASE_ROUNDS * self.slots)
-                and now - self._phase_start >= PHASE_ROUNDS * rtt):
+        rounds, least = (SLOW_START_ROUNDS, 16) if self._slow_start else (PHASE_ROUNDS, MIN_PHASE_ANSWERS)
+        if self._phase_answers >= max(least, rounds * self.slots) and now - self._phase_start >= rounds * rtt:
             self._end_phase(now)
 
     def _set(self, limit: float, now: float) -> None:
@@ -216,10 +219,10 @@ class ConcurrencyLimit:
             ref_limit, ref_rate, ref_rtt = self._ref
             if rate >= ref_rate * (1 + PROBE_EFFICIENCY * (self.limit / ref_limit - 1)):
                 # it serves more when asked more: keep it, up to the knee (by Little's law, what the rate
-                # reached needs at the lowest latency seen lately; past it the extra pushes only wait)
+                # reached needs at the former latency; past it the extra pushes only wait)
                 self._failed_from = None
                 self._hold_phases = HOLD_PHASES
-                knee = rate * min(self._rtts)
+                knee = rate * ref_rtt
                 if knee < self.limit - 1:
                     self._probing = self._slow_start = False
                     self._ref = None
