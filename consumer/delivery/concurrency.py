@@ -14,8 +14,9 @@ congestion control applied to requests), judged by what more concurrency buys:
   :data:`GUARD_SLACK_S`) is given up within half a round trip: the extra pushes mostly wait. A probe
   is kept when the rate grew by at least
   :data:`PROBE_EFFICIENCY` of the share the limit grew (an ERP that serves more when asked more),
-  up to the knee: the rate reached × the latency at the limit it was probed from (by Little's law,
-  what that rate needs without the probe's queue);
+  up to the knee when it grew by less than :data:`KNEE_EFFICIENCY` of it: the rate reached × the
+  latency at the limit it was probed from (by Little's law, what that rate needs without the
+  probe's queue);
   otherwise the limit goes back to where it was measured, and the next probe waits
   :data:`HOLD_PHASES` phases, twice as long each time a probe from the same limit fails (up to
   :data:`MAX_HOLD_PHASES`): an ERP at its capacity is probed past it ever more rarely. Rising
@@ -48,7 +49,9 @@ DECREASE_RATIO = 0.75
 PROBE_FACTOR = 1.25
 """A probe after slow start: the limit × this (at least one more)."""
 PROBE_EFFICIENCY = 0.25
-"""A probe is kept when the rate grew by at least this share of the limit's growth."""
+"""A probe is kept when the rate grew by at least this share of the limit's growth…"""
+KNEE_EFFICIENCY = 0.5
+"""…and, when the rate grew by less than this share, only up to the knee."""
 LATENCY_GUARD = 0.5
 """At a measured limit, a latency this share above the measured one is an ERP that became slower…"""
 GUARD_SLACK_S = 0.005
@@ -223,7 +226,8 @@ class ConcurrencyLimit:
                 self._failed_from = None
                 self._hold_phases = HOLD_PHASES
                 knee = rate * ref_rtt
-                if knee < self.limit - 1:
+                efficiency = (rate / ref_rate - 1) / (self.limit / ref_limit - 1)
+                if efficiency < KNEE_EFFICIENCY and knee < self.limit - 1:
                     self._probing = self._slow_start = False
                     self._ref = None
                     return self._set(max(ref_limit, knee), now)
