@@ -160,7 +160,8 @@ class ConcurrencyLimit:
         rtt = self._phase_rtt / self._phase_answers
         if self._probing and self._ref is not None and self._phase_answers >= max(16, self.slots // 2):
             ref_limit, _rate, ref_rtt = self._ref
-            if rtt - ref_rtt > GUARD_SLACK_S and rtt > ref_rtt * (1 + 0.5 * (self.limit / ref_limit - 1)):
+            if (rtt - ref_rtt > GUARD_SLACK_S and rtt > ref_rtt * (1 + 0.5 * (self.limit / ref_limit - 1))
+                    and not self._stalled(rtt)):
                 self._probe_failed(ref_limit)  # the extra pushes mostly wait: a queue, not more service
                 return self._set(ref_limit, now)
         rounds, least = (SLOW_START_ROUNDS, 16) if self._slow_start else (PHASE_ROUNDS, MIN_PHASE_ANSWERS)
@@ -214,8 +215,7 @@ class ConcurrencyLimit:
         rtt = self._phase_rtt / self._phase_answers
         rate = self._phase_answers / max(1e-9, now - self._phase_start)  # answers per second
         saturated = self._phase_peak >= self.slots
-        stalled = self.stall is not None and self.stall(self._phase_start) > 0.5 * rtt
-        if stalled:  # this process was held up (the GIL, a GC pause): its figures say nothing of the ERP
+        if self._stalled(rtt):  # this process was held up (the GIL, a GC pause): its figures say nothing of the ERP
             return self._start_phase(now)
         self._rtts.append(rtt)
         if self._probing and self._ref is not None:
@@ -251,6 +251,10 @@ class ConcurrencyLimit:
             self._hold -= 1
             return self._start_phase(now)
         return self._probe(now)
+
+    def _stalled(self, rtt: float) -> bool:
+        """Whether this process's event loop stalled during the phase by a sizeable part of ``rtt``."""
+        return self.stall is not None and self.stall(self._phase_start - rtt) > max(GUARD_SLACK_S, 0.1 * rtt)
 
     def _probe(self, now: float) -> None:
         if self.limit >= self.ceiling:
