@@ -160,8 +160,9 @@ class ConcurrencyLimit:
         rtt = self._phase_rtt / self._phase_answers
         if self._probing and self._ref is not None and self._phase_answers >= max(16, self.slots // 2):
             ref_limit, _rate, ref_rtt = self._ref
-            if (rtt - ref_rtt > GUARD_SLACK_S and rtt > ref_rtt * (1 + 0.5 * (self.limit / ref_limit - 1))
-                    and not self._stalled(rtt)):
+            if rtt - ref_rtt > GUARD_SLACK_S and rtt > ref_rtt * (1 + 0.5 * (self.limit / ref_limit - 1)):
+                if self._stalled(rtt):  # blind: back to safety, try again soon
+                    return self._retreat(ref_limit, now)
                 self._probe_failed(ref_limit)  # the extra pushes mostly wait: a queue, not more service
                 return self._set(ref_limit, now)
         rounds, least = (SLOW_START_ROUNDS, 16) if self._slow_start else (PHASE_ROUNDS, MIN_PHASE_ANSWERS)
@@ -216,6 +217,8 @@ class ConcurrencyLimit:
         rate = self._phase_answers / max(1e-9, now - self._phase_start)  # answers per second
         saturated = self._phase_peak >= self.slots
         if self._stalled(rtt):  # this process was held up (the GIL, a GC pause): its figures say nothing of the ERP
+            if self._probing and self._ref is not None:
+                return self._retreat(self._ref[0], now)
             return self._start_phase(now)
         self._rtts.append(rtt)
         if self._probing and self._ref is not None:
@@ -251,6 +254,12 @@ class ConcurrencyLimit:
             self._hold -= 1
             return self._start_phase(now)
         return self._probe(now)
+
+    def _retreat(self, ref_limit: float, now: float) -> None:
+        """A probe that cannot be judged goes back to the measured limit and is tried again soon."""
+        self._probing = False
+        self._hold = 1
+        self._set(ref_limit, now)
 
     def _stalled(self, rtt: float) -> bool:
         """Whether this process's event loop stalled during the phase by a sizeable part of ``rtt``."""
