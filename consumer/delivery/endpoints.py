@@ -11,8 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-
-import httpx
+from typing import TYPE_CHECKING
 
 from ..erp.client import ErpClient
 from ..erp.verdict import code_matches
@@ -22,6 +21,9 @@ from ..routes import Route, RouteTable
 from .concurrency import INITIAL_LIMIT, ConcurrencyLimit
 from .push import Pusher, PushLog
 from .retry import RateLimiter, SharedBackoff
+
+if TYPE_CHECKING:  # httpx only when a transport is given (unit tests): not loaded by `run`
+    import httpx
 
 log = logging.getLogger("consumer.delivery.pipeline")
 

@@ -20,9 +20,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from confluent_kafka import KafkaError, KafkaException, Message
 from prometheus_client import CollectorRegistry
 
@@ -43,6 +42,9 @@ from .parking import Parking, parked_identity
 from .partitions import TP, Assignment, PartitionState
 from .rebalance import Rebalancer
 from .settle import Disposition, Record, RunStats, Settler
+
+if TYPE_CHECKING:  # httpx only when a transport is given (unit tests): not loaded by `run`
+    import httpx
 
 log = logging.getLogger(__name__)
 

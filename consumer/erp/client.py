@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-
-import httpx
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..errors import ConfigError
@@ -33,6 +32,9 @@ from ..settings import Settings, redact_url
 from .auth import OAuth2Bearer, sign, tls_context
 from .http import AiohttpSender, HttpxSender, Sender, TransportFailure
 from .verdict import MAX_MESSAGE_CHARS, Outcome, Verdict, transport_failure_verdict, verdict
+
+if TYPE_CHECKING:  # httpx only when a transport is given (unit tests): not loaded by `run`
+    import httpx
 
 log = logging.getLogger(__name__)
 

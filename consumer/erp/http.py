@@ -32,9 +32,10 @@ import asyncio
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import httpx
+if TYPE_CHECKING:  # loaded only with a transport (unit tests): `run` does not need it
+    import httpx
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,12 +153,16 @@ class HttpxSender:
     """POSTs to one URL through an httpx transport (``httpx.MockTransport`` in unit tests)."""
 
     def __init__(self, url: str, transport: httpx.AsyncBaseTransport, timeout_s: float) -> None:
+        import httpx
+
         self._url = httpx.URL(url)
         self._transport = transport
         self._timeout = httpx.Timeout(timeout_s).as_dict()
 
     async def post(self, headers: Mapping[str, str], body: bytes) -> Answer:
         """The answer; raises :class:`TransportFailure` when there is none."""
+        import httpx
+
         request = httpx.Request("POST", self._url, headers=dict(headers), content=body,
                                 extensions={"timeout": self._timeout})
         try:
