@@ -10,8 +10,9 @@ congestion control applied to requests), judged by what more concurrency buys:
   :data:`SLOW_START_ROUNDS` and 16); it gives the rate of answers (per second) and their mean
   latency at that limit.
 * **Probe.** From a measured limit, try more: ×2 while in slow start (from :data:`INITIAL_LIMIT`),
-  ×:data:`PROBE_FACTOR` after. A probe whose latency rises by more than half the limit's growth (and
-  :data:`GUARD_SLACK_S`) is given up within half a round trip: the extra pushes mostly wait. A probe
+  ×:data:`PROBE_FACTOR` after. A probe whose first answers (a quarter of the limit, at least 8) show
+  a latency risen by more than half the limit's growth (and :data:`GUARD_SLACK_S`) is given up at
+  once: the extra pushes mostly wait. A probe
   is kept when the rate grew by at least
   :data:`PROBE_EFFICIENCY` of the share the limit grew (an ERP that serves more when asked more),
   up to the knee when it grew by less than :data:`KNEE_EFFICIENCY` of it: the rate reached × the
@@ -106,6 +107,8 @@ class ConcurrencyLimit:
         self._failed_from: float | None = None
         self._rtts: deque[float] = deque(maxlen=RTT_PHASES)
         self._changed = clock()
+        self._probe_answers = 0
+        self._probe_rtt = 0.0
         self._phase_start = self._changed
         self._phase_answers = 0
         self._phase_rtt = 0.0
@@ -153,18 +156,22 @@ class ConcurrencyLimit:
             if now - rtt_s >= self._changed:  # sent under this limit: not a cut already made
                 self._overloaded(verdict.code, now)
             return
+        if self._probing and self._ref is not None and now - rtt_s >= self._changed:
+            self._probe_answers += 1  # sent under the probe: does it queue? (judged from its first answers)
+            self._probe_rtt += rtt_s
+            if self._probe_answers >= max(8, self.slots // 4):
+                ref_limit, _rate, ref_rtt = self._ref
+                rtt = self._probe_rtt / self._probe_answers
+                if rtt - ref_rtt > GUARD_SLACK_S and rtt > ref_rtt * (1 + 0.5 * (self.limit / ref_limit - 1)):
+                    if self._stalled(rtt):  # blind: back to safety, try again soon
+                        return self._retreat(ref_limit, now)
+                    self._probe_failed(ref_limit)  # the extra pushes mostly wait: a queue, not more service
+                    return self._set(ref_limit, now)
         if now < self._phase_start:
             return  # the round trip after a change: answers still come at the rate of the former limit
         self._phase_answers += 1
         self._phase_rtt += rtt_s
         rtt = self._phase_rtt / self._phase_answers
-        if self._probing and self._ref is not None and self._phase_answers >= max(16, self.slots // 2):
-            ref_limit, _rate, ref_rtt = self._ref
-            if rtt - ref_rtt > GUARD_SLACK_S and rtt > ref_rtt * (1 + 0.5 * (self.limit / ref_limit - 1)):
-                if self._stalled(rtt):  # blind: back to safety, try again soon
-                    return self._retreat(ref_limit, now)
-                self._probe_failed(ref_limit)  # the extra pushes mostly wait: a queue, not more service
-                return self._set(ref_limit, now)
         rounds, least = (SLOW_START_ROUNDS, 16) if self._slow_start else (PHASE_ROUNDS, MIN_PHASE_ANSWERS)
         if self._phase_answers >= max(least, rounds * self.slots) and now - self._phase_start >= rounds * rtt:
             self._end_phase(now)
@@ -172,6 +179,8 @@ class ConcurrencyLimit:
     def _set(self, limit: float, now: float) -> None:
         self.limit = min(float(self.ceiling), max(float(MIN_LIMIT), limit))
         self._changed = now
+        self._probe_answers = 0
+        self._probe_rtt = 0.0
         self._start_phase(now + (self._rtts[-1] if self._rtts else 0.0))  # counts after one round trip
         if self._on_change is not None:
             self._on_change(self.slots)
