@@ -246,7 +246,8 @@ def render(results: dict[str, Any], checks: list[dict[str, Any]]) -> str:
         lines.append(transport_table(results["transports"], results["args"]["max_in_flight"]))
     scale = results.get("scale")
     if scale:
-        lines.append(f"Scale at {scale['latency_ms']:g} ms: one process {scale['one_records_per_s']:,.0f} records/s, "
+        lines.append(f"Scale at {scale['latency_ms']:g} ms, MAX_IN_FLIGHT {scale.get('max_in_flight', '?')} fixed: "
+                     f"one process {scale['one_records_per_s']:,.0f} records/s, "
                      f"two processes in one group {scale['two_records_per_s']:,.0f} records/s: "
                      f"x{scale['ratio']:.2f} (delivered: {'OK' if scale['all_delivered'] else 'FAIL'})")
     rss = results.get("rss")

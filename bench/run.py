@@ -268,9 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if not args.no_scale:
             lat = float(bounds.get("scale_latency_ms", 50))
-            one_row = next((r for r in results["latencies"] if r["latency_ms"] == lat), None)
-            results["scale"], ok = run_scale(broker, stub, data, lat, mif, workdir,
-                                             one_row["erp_sync"] if one_row is not None else None)
+            results["scale"], ok = run_scale(broker, stub, data, lat, mif, workdir)
             correctness_ok &= ok
 
         if args.profile:

@@ -99,10 +99,12 @@ def produce_events(broker: Broker, topic: str, count: int, seed: int, keep_expec
 
 def make_dataset(broker: Broker, prefix: str, partitions: int, count: int, seed: int, keep_expected: bool,
                  keep_offsets: bool = False) -> Dataset:
-    """A fresh topic ``<prefix>-<random>`` (and its ``.dlq``) filled by :func:`produce_events`."""
+    """A fresh topic ``<prefix>-<random>`` (its ``.dlq``, and its ``.retry`` as ``create-topics`` makes it,
+    so parking is on as in a deployment) filled by :func:`produce_events`."""
     topic = f"{prefix}-{uuid.uuid4().hex[:8]}"
     create_topic(broker, topic, partitions)
     create_topic(broker, f"{topic}.dlq", 1)
+    create_topic(broker, f"{topic}.retry", partitions)
     return produce_events(broker, topic, count, seed, keep_expected=keep_expected, keep_offsets=keep_offsets)
 
 

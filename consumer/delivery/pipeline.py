@@ -1,6 +1,6 @@
 """The delivery loop: poll → handle → settle, then one call each for commit, flow control and rejoin.
 
-decode (:mod:`consumer.decode`) → filter and transform (:mod:`consumer.transform`) → push
+intake (:mod:`.intake`: decode, filter, transform, route) → push
 (:mod:`.push`, key-ordered by :mod:`.dispatch`) → verdict (:mod:`consumer.erp.verdict`) → settle
 (:mod:`.settle`) → commit (:mod:`.commit`), with dead letters (:mod:`.dead_letters`) for what can
 never be delivered.
@@ -25,23 +25,22 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import KafkaError, KafkaException, Message
 from prometheus_client import CollectorRegistry
 
-from .. import transform
 from ..decode import Decoder, avro_v1, decoder_for
-from ..errors import RecordError, ValidationError
 from ..logs import Throttle, plural
 from ..metrics import Health, Metrics
 from ..routes import load_routes
 from ..settings import Settings, redact_url
 from .commit import Committer
-from .dead_letters import H_ATTEMPTS, DeadLetterProducer, DeadLetterWriter, headers_of, int_header, read_headers
+from .dead_letters import DeadLetterProducer, DeadLetterWriter
 from .dispatch import EVENT_LOOP
 from .endpoints import Endpoints
 from .flow import Backpressure, LagReporter, StaticWatermarks, WatermarkSource, idle_for
 from .inflight import InFlight
-from .parking import Parking, parked_identity
-from .partitions import TP, Assignment, PartitionState
+from .intake import Intake
+from .parking import Parking
+from .partitions import TP, Assignment
 from .rebalance import Rebalancer
-from .settle import Disposition, Record, RunStats, Settler
+from .settle import RunStats, Settler
 
 if TYPE_CHECKING:  # httpx only when a transport is given (unit tests): not loaded by `run`
     import httpx
@@ -87,7 +86,6 @@ class Pipeline:
         self._final_commit_unanswered = False
         self._stop = threading.Event()
         self._fatal: str | None = None
-        self._last_activity = time.monotonic()
         self._errors = Throttle(KAFKA_ERROR_LOG_EVERY_S)
 
         self.decoder = decoder or decoder_for(settings)
@@ -118,6 +116,9 @@ class Pipeline:
         self._consumer_conf = conf
         self._consumer_factory = consumer_factory
         self.consumer: Any = consumer_factory(conf)
+        self.intake = Intake(settings, self.assignment, self.decoder, self.routes, self.endpoints, self.parking,
+                             self.settler, self.in_flight, self.metrics, self.health, self._errors,
+                             str(conf.get("auto.offset.reset", "earliest")), on_fatal=self._fatal_error)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -165,7 +166,7 @@ class Pipeline:
     def step(self) -> None:
         """One turn of the loop: poll and handle a batch, settle push results, then commit, flow, rejoin."""
         for msg in self._poll():
-            self._handle(msg)
+            self.intake.handle(msg)
         self.in_flight.settle_results()
         self.dead_letters.poll()
         self.parker.poll()
@@ -179,7 +180,7 @@ class Pipeline:
 
     def idle_for(self) -> float:
         """Seconds idle: 0 unless assigned, every partition at its end and nothing unfinished."""
-        last = max(self._last_activity, self.rebalance.last_assigned or 0.0)
+        last = max(self.intake.last_activity, self.rebalance.last_assigned or 0.0)
         return idle_for(self.assignment, self.backpressure.paused, self.dead_letters.pending + self.parker.pending,
                         self.settler.outstanding, last, time.monotonic())
 
@@ -356,104 +357,9 @@ class Pipeline:
         self.health.polled()
         return msgs
 
-    def _handle(self, msg: Message) -> None:
-        """Decide what a fetched record needs: skip, dead letter, or a push (settled when it returns)."""
-        err = msg.error()
-        if err is not None:
-            self._kafka_event(msg, err)
-            return
-        state = self.assignment.get(str(msg.topic()), int(msg.partition() or 0))
-        if state is None:
-            return  # a partition we no longer own: its new owner reads it
-        offset = int(msg.offset() or 0)
-        if state.without_committed_offset:
-            self._started_without_offset(state, offset)
-        ts_type, ts = msg.timestamp()
-        if not state.offsets.track(offset, ts if ts_type else int(time.time() * 1000)):
-            log.debug("ignoring re-fetched offset %d of %s", offset, state)
-            return
-        state.eof = False
-        self._last_activity = time.monotonic()
-        self.health.broker_up = True
-        record = Record(state, msg, offset)
-        if state.offsets.already_finished(offset):  # an earlier owner finished it (commit metadata)
-            self.settler.settle(record, Disposition.ALREADY_DONE)
-            return
-        try:
-            event = self.decoder.approved(msg.value())
-            if isinstance(event, str):  # valid, not APPROVED: the writer's status
-                self.settler.settle(record, Disposition.SKIPPED, status=event)
-                return
-            record.body, record.idempotency_key = transform.erp_request(event)
-            record.instance_id = event["instance_id"]
-            self._route(record, event["flow_code"])
-        except RecordError as exc:
-            if exc.code == "UnknownStatus":
-                self.metrics.unknown_status_dead_lettered(state.topic)
-            self.settler.settle(record, Disposition.DEAD_LETTER, error=exc)
-            return
-        except Exception as exc:  # noqa: BLE001 - a bug must not stop the stream: dead-letter it
-            log.exception("unexpected error while transforming",
-                          extra={"topic": msg.topic(), "partition": msg.partition(), "offset": offset,
-                                 "event": "transform_bug"})
-            self.settler.settle(record, Disposition.DEAD_LETTER,
-                                error=ValidationError("Unexpected", f"{type(exc).__name__}: {exc}"))
-            return
-        self.in_flight.submit(record, (state.topic, record.key))
-
-    def _route(self, record: Record, flow_code: int) -> None:
-        """Give an approved record its ordering key and its route's endpoint (and, parked, its history).
-
-        Raises:
-            ValidationError: ``NoRoute``: no route matches it and there is no default route.
-        """
-        msg = record.msg
-        record.key = msg.key() or str(record.instance_id).encode()
-        source = self.parking.source_of.get(record.partition.topic)
-        if source is not None:  # read from a retry topic: it keeps the route it was parked from
-            route, record.first_failure_ms = parked_identity(msg)
-            record.parked_from = source
-            record.attempts_before = int_header(read_headers(msg), H_ATTEMPTS)
-            endpoint = self.endpoints.get(route)
-            if endpoint is not None:
-                record.endpoint = endpoint
-                return
-        topic = source or record.partition.topic
-        headers = dict(headers_of(msg)) if self.routes.needs_headers else None
-        matched = self.routes.require(topic, flow_code, headers)
-        record.endpoint = self.endpoints[matched.name]
-
-    def _kafka_event(self, msg: Message, err: KafkaError) -> None:
-        """Errors and events librdkafka reports through poll: never records."""
-        if err.code() == KafkaError._PARTITION_EOF:
-            state = self.assignment.get(str(msg.topic()), int(msg.partition() or 0))
-            if state is not None:
-                if state.without_committed_offset:
-                    self._started_without_offset(state, int(msg.offset() or 0))
-                state.reached_end(int(msg.offset() or 0), time.monotonic())
-            self.health.broker_up = True
-            return
-        if err.fatal():
-            self._fatal = f"{err.name()}: {err.str()}"
-            self.stop("fatal Kafka error")
-            return
-        self._errors.warning(log, err.name(), "Kafka reports %s: %s (topic %s, partition %s)", err.name(), err.str(),
-                             msg.topic(), msg.partition(), event="kafka_error", error_key=err.name())
-
-    def _started_without_offset(self, state: PartitionState, offset: int) -> None:
-        """Say where a partition without a committed offset started (warning and counter).
-
-        When the group had committed before, its offsets expired (``offsets.retention.minutes``) or were
-        deleted: a replay (or a skip) nobody asked for.
-        """
-        state.without_committed_offset = False
-        policy = self._consumer_conf.get("auto.offset.reset", "earliest")
-        log.warning("%s had no committed offset for group %s: reading from offset %d (auto.offset.reset=%s); "
-                    "if the group had committed before, its offsets expired or were deleted and records are read "
-                    "again (or skipped)", state, self.settings.group_id, offset, policy,
-                    extra={"event": "no_committed_offset", "topic": state.topic, "partition": state.partition,
-                           "offset": offset})
-        self.metrics.started_without_offset.labels(state.topic).inc()
+    def _fatal_error(self, err: KafkaError) -> None:
+        self._fatal = f"{err.name()}: {err.str()}"
+        self.stop("fatal Kafka error")
 
     def _on_kafka_error(self, err: KafkaError) -> None:
         """Librdkafka's ``error_cb``: broker reachability for /readyz, fatal errors stop the loop."""
@@ -461,8 +367,7 @@ class Pipeline:
             self.health.broker_up = err.code() != KafkaError._ALL_BROKERS_DOWN and self.health.broker_up
             self.health.reason = err.str()
         if err.fatal():
-            self._fatal = f"{err.name()}: {err.str()}"
-            self.stop("fatal Kafka error")
+            self._fatal_error(err)
             return
         self._errors.warning(log, err.name(), "Kafka: %s: %s", err.name(), err.str(), event="kafka_error",
                              error_key=err.name())
