@@ -80,8 +80,9 @@ def test_the_import_walker_resolves_relative_imports() -> None:
     cli = imported_modules(PACKAGE / "cli.py")
     assert {"consumer.errors.ConfigError", "consumer.ops"} <= cli
     pipeline = imported_modules(PACKAGE / "delivery" / "pipeline.py")
-    assert {"consumer.transform", "consumer.delivery.settle.Disposition",
-            "consumer.delivery.endpoints.Endpoints"} <= pipeline
+    assert {"consumer.delivery.intake.Intake", "consumer.delivery.endpoints.Endpoints"} <= pipeline
+    intake = imported_modules(PACKAGE / "delivery" / "intake.py")
+    assert {"consumer.transform", "consumer.delivery.settle.Disposition"} <= intake
     devstack_cli = imported_modules(PACKAGE / "devstack" / "cli.py")
     assert "consumer.logs" in devstack_cli
 
