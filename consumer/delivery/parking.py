@@ -160,7 +160,10 @@ class Parking:
         source = self.source_of.get(state.topic, state.topic)
         if source not in self.retry_of:
             return None
-        return self.indexes.setdefault((source, state.partition), ParkedIndex())
+        index = self.indexes.get((source, state.partition))
+        if index is None:  # not setdefault: an index (a lock and an event) is not built on every push
+            index = self.indexes[(source, state.partition)] = ParkedIndex()
+        return index
 
     # ---------------------------------------------------------------- decisions (push event loop)
 
