@@ -16,6 +16,8 @@ from typing import Any
 from pythonjsonlogger.json import JsonFormatter
 
 _DIGITS = re.compile(r"\d+")
+# librdkafka (before 2.8) counts its own repeats inside the line: "…, 1 identical error(s) suppressed)"
+_LIBRDKAFKA_REPEATS = re.compile(r",? \d+ identical error\(s\) suppressed")
 
 
 def plural(count: int, noun: str, many: str | None = None) -> str:
@@ -91,7 +93,7 @@ class Throttle:
 
 
 class ThrottleFilter(logging.Filter):
-    """Lets the same message (digits ignored) through at most once per ``every_s`` seconds.
+    """Lets the same message (digits and librdkafka's own repeat count ignored) through at most once per ``every_s`` s.
 
     librdkafka logs every failed connection attempt; while a broker is down that is several lines
     a second. The first one of each kind gets through, with a count of the suppressed ones when
@@ -104,7 +106,7 @@ class ThrottleFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Return True when the record may be emitted."""
-        held = self.throttle.allow(_DIGITS.sub("#", record.getMessage())[:200])
+        held = self.throttle.allow(_DIGITS.sub("#", _LIBRDKAFKA_REPEATS.sub("", record.getMessage()))[:200])
         if held is None:
             return False
         if held:

@@ -29,18 +29,25 @@ def registry_client_config(settings: Settings) -> dict[str, Any]:
     The run, the replay tools and ``check-config --connect`` all use it.
 
     Raises:
-        ConfigError: the user-info file cannot be read.
+        ConfigError: the user-info file, the CA bundle, the client certificate or its key cannot be read
+            (checked here, not left to the client: some confluent-kafka versions open them only at the
+            first request, which would make a configuration mistake a stream of dead letters).
     """
     conf: dict[str, Any] = {"url": settings.schema_registry_url}
     user_info = settings.schema_registry_user_info()
     if user_info:
         conf["basic.auth.user.info"] = user_info
-    if settings.schema_registry_ca_bundle:
-        conf["ssl.ca.location"] = str(settings.schema_registry_ca_bundle)
-    if settings.schema_registry_client_cert:
-        conf["ssl.certificate.location"] = str(settings.schema_registry_client_cert)
-    if settings.schema_registry_client_key:
-        conf["ssl.key.location"] = str(settings.schema_registry_client_key)
+    for variable, key, path in (("CA_BUNDLE", "ssl.ca.location", settings.schema_registry_ca_bundle),
+                                ("CLIENT_CERT", "ssl.certificate.location", settings.schema_registry_client_cert),
+                                ("CLIENT_KEY", "ssl.key.location", settings.schema_registry_client_key)):
+        if path:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise ConfigError(f"ERP_SYNC_SCHEMA_REGISTRY_{variable}: cannot read {path}: "
+                                  f"{exc.strerror or exc}") from None
+            conf[key] = str(path)
     return conf
 
 

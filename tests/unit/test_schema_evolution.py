@@ -201,18 +201,20 @@ def test_compat_welcomes_added_fields_dropped_defaults_new_statuses_and_referenc
 
 def test_decoder_for_passes_the_registry_settings_through(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "user-info").write_text("sr-user:sr-pass\n")
+    for name in ("ca.pem", "client.pem", "client.key"):
+        (tmp_path / name).write_text("-----\n")
     settings = load_settings({
         "ERP_SYNC_ERP_URL": "http://erp.test/push", "ERP_SYNC_SCHEMA_REGISTRY_URL": "https://registry.test:8081",
         "ERP_SYNC_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO_FILE": str(tmp_path / "user-info"),
-        "ERP_SYNC_SCHEMA_REGISTRY_CA_BUNDLE": "/etc/sr/ca.pem",
-        "ERP_SYNC_SCHEMA_REGISTRY_CLIENT_CERT": "/etc/sr/client.pem",
-        "ERP_SYNC_SCHEMA_REGISTRY_CLIENT_KEY": "/etc/sr/client.key",
+        "ERP_SYNC_SCHEMA_REGISTRY_CA_BUNDLE": str(tmp_path / "ca.pem"),
+        "ERP_SYNC_SCHEMA_REGISTRY_CLIENT_CERT": str(tmp_path / "client.pem"),
+        "ERP_SYNC_SCHEMA_REGISTRY_CLIENT_KEY": str(tmp_path / "client.key"),
         "ERP_SYNC_SCHEMA_REGISTRY_ALLOW_INCOMPATIBLE": "3,7", "ERP_SYNC_UNKNOWN_STATUS": "skip",
         "ERP_SYNC_MAX_VALUE_BYTES": "5000"})
     assert registry_client_config(settings) == {
         "url": "https://registry.test:8081", "basic.auth.user.info": "sr-user:sr-pass",
-        "ssl.ca.location": "/etc/sr/ca.pem", "ssl.certificate.location": "/etc/sr/client.pem",
-        "ssl.key.location": "/etc/sr/client.key"}
+        "ssl.ca.location": str(tmp_path / "ca.pem"), "ssl.certificate.location": str(tmp_path / "client.pem"),
+        "ssl.key.location": str(tmp_path / "client.key")}
     built: list[tuple[str, dict[str, Any]]] = []
     monkeypatch.setattr(factory_module, "registry_lookup",
                         lambda url, conf: built.append((url, conf)) or Lookup())  # type: ignore[func-returns-value]
@@ -229,14 +231,18 @@ def test_decoder_for_passes_the_registry_settings_through(tmp_path: Any, monkeyp
     assert load_settings({"ERP_SYNC_SCHEMA_REGISTRY_ALLOW_INCOMPATIBLE": "all"}).incompatible_schemas_allowed is None
 
 
-def test_registry_files_that_do_not_load_are_configuration_errors(tmp_path: Any) -> None:
+@pytest.mark.parametrize("variable", ["CA_BUNDLE", "CLIENT_CERT", "CLIENT_KEY"])
+def test_registry_files_that_do_not_load_are_configuration_errors(tmp_path: Any, variable: str) -> None:
     from consumer.errors import ConfigError
 
-    settings = load_settings({"ERP_SYNC_SCHEMA_REGISTRY_URL": "https://registry.test",
-                              "ERP_SYNC_SCHEMA_REGISTRY_CLIENT_CERT": str(tmp_path / "missing.pem")})
+    (tmp_path / "present.pem").write_text("-----\n")
+    env = {"ERP_SYNC_SCHEMA_REGISTRY_URL": "https://registry.test",
+           "ERP_SYNC_SCHEMA_REGISTRY_CLIENT_CERT": str(tmp_path / "present.pem"),
+           f"ERP_SYNC_SCHEMA_REGISTRY_{variable}": str(tmp_path / "missing.pem")}
     with pytest.raises(ConfigError) as info:
-        decoder_for(settings)
-    assert "ERP_SYNC_SCHEMA_REGISTRY_" in str(info.value)
+        decoder_for(load_settings(env))
+    assert str(info.value) == (f"ERP_SYNC_SCHEMA_REGISTRY_{variable}: cannot read {tmp_path / 'missing.pem'}: "
+                               "No such file or directory")
 
 
 @pytest.mark.parametrize(("env", "message"), [
