@@ -27,6 +27,7 @@ from consumer.erp.verdict import Verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SH = ROOT / "dev" / "kafka.sh"
+REGISTRY_SH = ROOT / "dev" / "registry.sh"
 VENV_BIN = Path(sys.executable).parent
 ERP_SYNC = str(VENV_BIN / "erp-sync")
 
@@ -444,6 +445,34 @@ def start_dedicated_broker(tmp_root: Path) -> Broker:
         broker.wipe()  # a half-started JVM must not outlive the test
         raise
     return broker
+
+
+class Registry:
+    """A real schema registry (Apicurio Registry, Confluent API) started by ``dev/registry.sh`` on a free port.
+
+    In-memory: a new one knows no schema (its first schema id is 1). Use as a context manager; the
+    process ends (by its pid) on exit.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/apis/ccompat/v7"
+        self._env = {**os.environ, "REGISTRY_PORT": str(self.port), "REGISTRY_RUN_DIR": str(run_dir)}
+
+    def _sh(self, command: str) -> None:
+        subprocess.run(["bash", str(REGISTRY_SH), command], check=True, env=self._env, timeout=600,
+                       stdout=sys.stderr, stderr=sys.stderr)
+
+    def __enter__(self) -> Registry:
+        try:
+            self._sh("start")
+        except BaseException:
+            self._sh("stop")  # a half-started JVM must not outlive the test
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._sh("stop")
 
 
 def wait_until(predicate: Any, timeout_s: float, what: str, poll_s: float = 0.2) -> float:

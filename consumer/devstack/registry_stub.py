@@ -1,10 +1,10 @@
 """A schema registry for the local stack: the Confluent REST calls confluent-kafka's client and serializers make.
 
-No real Confluent-compatible registry could be run from the registries this project reaches (see
-dev/README.md, "Schema registry"), so this stub answers, over real HTTP (optionally TLS, optionally
-HTTP Basic auth), the subset of the Confluent Schema Registry API that confluent-kafka's
-``SchemaRegistryClient``, ``AvroSerializer`` and ``AvroDeserializer`` call, with Confluent's status
-codes and error bodies:
+The real registry of the local stack and the tests is Apicurio Registry (``dev/registry.sh``; see
+dev/README.md, "Schema registry"). This stub serves what that one cannot without an OpenID Connect
+server: TLS with client certificates and HTTP Basic auth. It answers, over real HTTP, the subset of
+the Confluent Schema Registry API that confluent-kafka's ``SchemaRegistryClient``, ``AvroSerializer``
+and ``AvroDeserializer`` call, with Confluent's status codes and error bodies:
 
 =======================================================  ==============================================
 ``POST /subjects/{subject}/versions``                    register (the same schema text: the same id)

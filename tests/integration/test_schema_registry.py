@@ -2,10 +2,10 @@
 ``AvroSerializer`` through a schema registry's REST API, read by ``erp-sync run``, ``replay`` and
 ``dlq replay`` against a real broker and the real ERP stub.
 
-The registry is consumer/devstack/registry_stub.py (real HTTP, optional TLS, client certificates and
-Basic auth, answering the REST calls confluent-kafka's client and serializers make): no real
-Confluent-compatible registry could be run from the package registries this project reaches
-(dev/README.md, "Schema registry").
+The registry is a real one: Apicurio Registry (its Confluent API), built from Maven Central and started by
+``dev/registry.sh`` (dev/README.md, "Schema registry"), one per module, in memory. The TLS, client
+certificate and Basic auth pass-through is checked against consumer/devstack/registry_stub.py (real HTTP
+answering the same REST calls): Apicurio's own authentication needs an OpenID Connect server.
 
 v1 is schemas/workflow_completed.v1.avsc; v2 adds an optional field and the status AUTO_APPROVED; a
 "micros" writer changes ``end_time`` to ``timestamp-micros``; v3 (registered only after the run) adds
@@ -37,6 +37,7 @@ from consumer.errors import DecodeError
 from dev.harness import (
     ERP_SYNC,
     Broker,
+    Registry,
     committed,
     consumer_env,
     create_topic,
@@ -75,30 +76,48 @@ def body_of(instance_id: int) -> bytes:
     return transform.erp_request({**SPEC, "instance_id": instance_id})[0]
 
 
-@pytest.fixture
-def registry() -> Iterator[RegistryStub]:
-    with RegistryStub() as stub:
-        yield stub
+@pytest.fixture(scope="module")
+def apicurio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    with Registry(tmp_path_factory.mktemp("registry")) as registry:
+        yield registry
 
 
-def test_the_serializers_rest_calls_are_answered_and_decode_through_the_registry(registry: RegistryStub) -> None:
+@pytest.fixture(params=["apicurio", "stub"])
+def registry(request: pytest.FixtureRequest) -> Iterator[Registry | RegistryStub]:
+    if request.param == "apicurio":
+        yield request.getfixturevalue("apicurio")
+    else:
+        with RegistryStub() as stub:
+            yield stub
+
+
+def schema_id(framed: bytes) -> int:
+    """The schema id of a Confluent-framed value."""
+    assert framed[0] == 0, framed[:5]
+    return int.from_bytes(framed[1:5], "big")
+
+
+def test_the_serializers_rest_calls_are_answered_and_decode_through_the_registry(
+        registry: Registry | RegistryStub) -> None:
     client = SchemaRegistryClient({"url": registry.url})
-    topic = "wf"
+    topic = unique("wf")
     v1 = serializer(client, SCHEMA_JSON)
     v2 = serializer(client, v2_schema())
     framed_v1 = serialize(v1, topic, {**SPEC, "instance_id": 1})
     framed_v2 = serialize(v2, topic, {**SPEC, "instance_id": 2, "tenant_name": "acme"})
-    assert framed_v1[:5] == confluent_frame(1, b"") and framed_v2[:5] == confluent_frame(2, b"")
-    assert serialize(v1, topic, SPEC)[:5] == confluent_frame(1, b"")  # the same schema keeps its id
-    assert client.get_subjects() == ["wf-value"]
-    assert client.get_latest_version("wf-value").schema_id == 2
-    assert client.get_versions("wf-value") == [1, 2]
+    id1, id2 = schema_id(framed_v1), schema_id(framed_v2)
+    assert id1 != id2 and framed_v1[:5] == confluent_frame(id1, b"") and framed_v2[:5] == confluent_frame(id2, b"")
+    assert serialize(v1, topic, SPEC)[:5] == confluent_frame(id1, b"")  # the same schema keeps its id
+    assert f"{topic}-value" in client.get_subjects()
+    assert client.get_latest_version(f"{topic}-value").schema_id == id2
+    assert client.get_versions(f"{topic}-value") == [1, 2]
     decoder = Decoder(writer_schema_lookup=registry_lookup(registry.url))
     for value, iid in ((framed_v1, 1), (framed_v2, 2)):
         event = decoder.approved(value)
         assert not isinstance(event, str) and transform.erp_request(event)[0] == body_of(iid)
-    gets = [c for c in registry.calls if c.startswith("GET /schemas/ids/")]
-    assert sorted(gets) == ["GET /schemas/ids/1", "GET /schemas/ids/2"]  # once per schema id
+    if isinstance(registry, RegistryStub):  # the stub sees the calls: once per schema id
+        gets = [c for c in registry.calls if c.startswith("GET /schemas/ids/")]
+        assert sorted(gets) == [f"GET /schemas/ids/{id1}", f"GET /schemas/ids/{id2}"]
     # confluent-kafka's own deserializer reads v2 through the same REST calls with v1 as its reader (it
     # applies the logical types: plausible milliseconds here, the spec example's 19-digit times overflow)
     plausible = {**SPEC, "instance_id": 8, "event_time": 1732886400000, "start_time": 1732886000000,
@@ -107,8 +126,8 @@ def test_the_serializers_rest_calls_are_answered_and_decode_through_the_registry
         serialize(v2, topic, plausible), SerializationContext(topic, MessageField.VALUE))
     assert deserialized is not None and deserialized["instance_id"] == 8 and "tenant_name" not in deserialized
     with pytest.raises(DecodeError) as info:
-        decoder.approved(confluent_frame(99, encode(SPEC)))
-    assert info.value.code == "UnknownSchemaId" and "99" in info.value.message
+        decoder.approved(confluent_frame(99999, encode(SPEC)))
+    assert info.value.code == "UnknownSchemaId" and "99999" in info.value.message
 
 
 def window() -> list[str]:
@@ -122,13 +141,13 @@ def erp_sync(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str
 
 @pytest.mark.kafka
 def test_run_replay_and_dlq_replay_read_v1_v2_and_new_statuses_through_the_registry(
-        broker: Broker, registry: RegistryStub, erp: Any, stub: Any, tmp_path: Path) -> None:
+        broker: Broker, apicurio: Registry, erp: Any, stub: Any, tmp_path: Path) -> None:
     topic, group = unique("sr"), unique("group-sr")
     create_topic(broker, topic)
     create_topic(broker, topic + ".dlq")
+    registry = apicurio
     client = SchemaRegistryClient({"url": registry.url})
     v1, v2, micros = (serializer(client, s) for s in (SCHEMA_JSON, v2_schema(), micros_schema()))
-    # id 4 does not exist yet: a producer ahead of the registry (v3 is registered after the run)
     import io
 
     import fastavro
@@ -143,9 +162,12 @@ def test_run_replay_and_dlq_replay_read_v1_v2_and_new_statuses_through_the_regis
         3: serialize(v2, topic, {**SPEC, "instance_id": 3, "status": "AUTO_APPROVED", "tenant_name": None}),
         4: serialize(v2, topic, {**SPEC, "instance_id": 4, "status": "REJECTED", "tenant_name": None}),
         5: serialize(micros, topic, {**SPEC, "instance_id": 5}),
-        6: confluent_frame(4, out.getvalue()),
-        7: encode({**SPEC, "instance_id": 7}),  # bare v1 still works beside the framed ones
     }
+    v2_id, micros_id = schema_id(values[2]), schema_id(values[5])
+    # the next id does not exist yet: a producer ahead of the registry (v3 is registered after the run)
+    v3_id = max(schema_id(v) for v in values.values()) + 1
+    values[6] = confluent_frame(v3_id, out.getvalue())
+    values[7] = encode({**SPEC, "instance_id": 7})  # bare v1 still works beside the framed ones
     produce(broker, topic, [(str(iid).encode(), v) for iid, v in values.items()])
     env = consumer_env(broker, topic, group, erp.url, ERP_SYNC_SCHEMA_REGISTRY_URL=registry.url,
                        ERP_SYNC_COMMIT_INTERVAL_SECONDS="0.2")
@@ -162,22 +184,22 @@ def test_run_replay_and_dlq_replay_read_v1_v2_and_new_statuses_through_the_regis
     assert committed(broker, group, topic) == high_watermarks(broker, topic)
     events = log_events(log)
     unknown = [e for e in events if e.get("event") == "unknown_status"]
-    assert len(unknown) == 1 and unknown[0]["status"] == "AUTO_APPROVED" and unknown[0]["schema_id"] == 2
+    assert len(unknown) == 1 and unknown[0]["status"] == "AUTO_APPROVED" and unknown[0]["schema_id"] == v2_id
     stopped = next(e for e in events if e.get("event") == "stopped")["message"]
     assert stopped.startswith("stopped: 3 pushed, 0 duplicates, 1 skipped, 3 dead-lettered"), stopped
     assert "end_time: long (timestamp-micros)" in next(e for e in events if e.get("event") == "incompatible_schema")[
         "message"]
     run_paths = {"pushed": sorted(pushed), "skipped": [4], "dead-lettered": sorted(letters)}
 
-    # the registry learns id 4; the operator decides AUTO_APPROVED is to be skipped
+    # the registry learns the next id (v3); the operator decides AUTO_APPROVED is to be skipped
     assert serialize(serializer(client, v3_schema()), topic, {**SPEC, "tenant_name": None, "region": None})[:5] \
-        == confluent_frame(4, b"")
+        == confluent_frame(v3_id, b"")
     replay_env = {**env, "ERP_SYNC_UNKNOWN_STATUS": "skip"}
     first = erp_sync(replay_env, "dlq", "replay")
     assert first.returncode == 1, first.stdout + first.stderr  # the incompatible writer fails again
     assert (f"3 dead letters: 1 accepted, 0 duplicates, 1 skipped, 0 failed again (back on {topic}.dlq), 1 still "
             "failing for the same reason (left in place)") in first.stdout, first.stdout
-    allowed = erp_sync({**replay_env, "ERP_SYNC_SCHEMA_REGISTRY_ALLOW_INCOMPATIBLE": "3"}, "dlq", "replay")
+    allowed = erp_sync({**replay_env, "ERP_SYNC_SCHEMA_REGISTRY_ALLOW_INCOMPATIBLE": str(micros_id)}, "dlq", "replay")
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
     assert "1 dead letter: 1 accepted" in allowed.stdout, allowed.stdout
     after_dlq = Counter(r["instance_id"] for r in stub.requests() if r["code"] == "OK")
@@ -193,7 +215,7 @@ def test_run_replay_and_dlq_replay_read_v1_v2_and_new_statuses_through_the_regis
     for r in stub.requests():
         assert r["body"].encode() == body_of(r["instance_id"])
     print(f"\nrecords per path: run {run_paths}; dlq replay (skip policy) accepted [6] skipped [3] still failing [5]; "
-          f"dlq replay (allow id 3) accepted [5]; replay pushed {sorted(replayed)} skipped [4] failed [3, 5]")
+          f"dlq replay (allow id {micros_id}) accepted [5]; replay pushed {sorted(replayed)} skipped [4] failed [3, 5]")
 
 
 @pytest.mark.kafka
