@@ -39,9 +39,30 @@ _SECRET_KEY = re.compile(
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
 
+def _comma_list(value: str) -> list[str]:
+    """``"a, b,,c"`` → ``["a", "b", "", "c"]`` (empty parts kept: callers decide whether they are errors)."""
+    return [part.strip() for part in value.split(",")]
+
+
+def _joined(value: Any, empty: str, twice: str | None = None) -> Any:
+    """A comma-separated list, its parts stripped and joined again.
+
+    Raises:
+        ValueError: ``empty`` when a part is empty; ``twice`` (when given) when a part is listed twice.
+    """
+    if not isinstance(value, str):
+        return value
+    parts = _comma_list(value)
+    if not all(parts):
+        raise ValueError(empty)
+    if twice is not None and len(set(parts)) != len(parts):
+        raise ValueError(twice)
+    return ",".join(parts)
+
+
 def _split(value: Any) -> Any:
     if isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip())
+        return tuple(part for part in _comma_list(value) if part)
     return value
 
 
@@ -164,24 +185,12 @@ class Settings(BaseSettings):
     @field_validator("topic", mode="before")
     @classmethod
     def _topics(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            topics = [part.strip() for part in value.split(",")]
-            if not all(topics):
-                raise ValueError("an empty topic name in the list")
-            if len(set(topics)) != len(topics):
-                raise ValueError("a topic is listed twice")
-            return ",".join(topics)
-        return value
+        return _joined(value, "an empty topic name in the list", twice="a topic is listed twice")
 
     @field_validator("kafka_bootstrap_servers", mode="before")
     @classmethod
     def _servers(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            servers = [part.strip() for part in value.split(",")]
-            if not value.strip() or not all(servers):
-                raise ValueError("no broker address: set it to the bootstrap brokers, e.g. broker-1:9092,broker-2:9092")
-            return ",".join(servers)
-        return value
+        return _joined(value, "no broker address: set it to the bootstrap brokers, e.g. broker-1:9092,broker-2:9092")
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -47,18 +47,23 @@ class KeyedDispatcher(Generic[T]):
 
     A task runs holding a slot of its limiter: the one given to :meth:`submit` (a route's own
     concurrency, so one route's waiting pushes never hold another's slots), else the dispatcher's.
+    A task that ``at_turn`` settles when its turn in its key's order comes takes no slot: a record
+    parked at its turn does not wait behind pushes that hold every slot while their ERP is down.
 
     Args:
         max_in_flight: tasks running at once when no limiter is given (a semaphore over all keys).
         handler: a coroutine function running one task; it should not raise (exceptions are
             passed to ``on_error``, and the key's next task still runs).
-        on_error: called with ``(task, exception)`` if ``handler`` raised.
+        on_error: called with ``(task, exception)`` if ``handler`` or ``at_turn`` raised.
+        at_turn: called (on the loop thread) when a task's turn comes, before it waits for a slot;
+            True: the task is done without running ``handler``.
     """
 
     def __init__(self, max_in_flight: int, handler: Callable[[T], Awaitable[None]],
-                 on_error: Callable[[T, BaseException], None]) -> None:
+                 on_error: Callable[[T, BaseException], None], at_turn: Callable[[T], bool] | None = None) -> None:
         self._handler = handler
         self._on_error = on_error
+        self._at_turn = at_turn
         self._max_in_flight = max_in_flight
         self._queues: dict[Hashable, deque[tuple[T, AbstractAsyncContextManager[Any] | None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -137,24 +142,37 @@ class KeyedDispatcher(Generic[T]):
     async def _run_chain(self, key: Hashable, task: T, limiter: AbstractAsyncContextManager[Any] | None) -> None:
         assert self._semaphore is not None
         while True:
-            async with limiter or self._semaphore:
-                self.running += 1
-                try:
-                    await self._handler(task)
-                except asyncio.CancelledError:
-                    raise
-                except BaseException as exc:  # noqa: BLE001 - reported, never lost
+            if not self._done_at_turn(task):
+                async with limiter or self._semaphore:
+                    self.running += 1
                     try:
-                        self._on_error(task, exc)
-                    except BaseException:  # noqa: BLE001 - the key must not be stranded
-                        log.exception("error handler failed")
-                finally:
-                    self.running -= 1
+                        await self._handler(task)
+                    except asyncio.CancelledError:
+                        raise
+                    except BaseException as exc:  # noqa: BLE001 - reported, never lost
+                        self._report(task, exc)
+                    finally:
+                        self.running -= 1
             queue = self._queues[key]
             if not queue:
                 del self._queues[key]
                 return
             task, limiter = queue.popleft()
+
+    def _done_at_turn(self, task: T) -> bool:
+        if self._at_turn is None:
+            return False
+        try:
+            return self._at_turn(task)
+        except Exception as exc:  # noqa: BLE001 - reported like the handler's: on_error settles the task
+            self._report(task, exc)
+            return True
+
+    def _report(self, task: T, exc: BaseException) -> None:
+        try:
+            self._on_error(task, exc)
+        except BaseException:  # noqa: BLE001 - the key must not be stranded
+            log.exception("error handler failed")
 
     @property
     def busy_keys(self) -> int:

@@ -48,7 +48,8 @@ class InFlight:
         self._stopping = stopping
         self._abandon = threading.Event()
         self._results: queue.SimpleQueue[tuple[Record, PushResult]] = queue.SimpleQueue()
-        self.dispatcher: KeyedDispatcher[Record] = KeyedDispatcher(max_in_flight, self._push, self._crashed)
+        self.dispatcher: KeyedDispatcher[Record] = KeyedDispatcher(
+            max_in_flight, self._push, self._crashed, at_turn=self._parked_at_turn if parking is not None else None)
         for endpoint in endpoints:  # the adaptive limits do not judge windows in which this loop stalled
             endpoint.limiter.stall = self.dispatcher.stall_since
 
@@ -101,6 +102,29 @@ class InFlight:
             return True
         return self._stopping() and record.endpoint is not None and record.endpoint.backoff.failures > 0
 
+    def _parked_at_turn(self, record: Record) -> bool:
+        """Park a source record at its turn in its key's order, without a push slot, when it must be.
+
+        Decided at its turn, so later records of its key follow it into the retry topic; without a slot,
+        so it never waits behind the pushes that hold every slot of its route while its ERP is down
+        (parked records retrying in place). Asked again once it holds a slot (:meth:`_push`): the
+        route may have parked records by then. Returns True when the record was parked.
+        """
+        parking, endpoint = self.parking, record.endpoint
+        if parking is None or endpoint is None or record.parked_from is not None:
+            return False
+        index = parking.index_of(record.partition)
+        if index is None:
+            return False
+        reason = parking.reason(record.partition, record.key, endpoint)
+        if not reason:
+            return False
+        record.park_reason = reason
+        now_ms = int(time.time() * 1000)
+        index.add(record.key, endpoint.name, now_ms)
+        self._results.put((record, PushResult(None, 0, None, PARK, now_ms)))
+        return True
+
     async def _push(self, record: Record) -> None:
         endpoint = record.endpoint
         assert endpoint is not None
@@ -110,13 +134,8 @@ class InFlight:
         if index is not None and parking is not None:
             if record.parked_from is not None:  # a parked record: tried until its deadline
                 budget = Budget(first_failure_ms=record.first_failure_ms or None, deadline_s=endpoint.retry_deadline_s)
-            else:
-                reason = parking.reason(record.partition, record.key, endpoint)
-                if reason:  # decided at its turn in its key's order, so later records of the key follow it
-                    record.park_reason = reason
-                    now_ms = int(time.time() * 1000)
-                    index.add(record.key, endpoint.name, now_ms)
-                    self._results.put((record, PushResult(None, 0, None, PARK, now_ms)))
+            else:  # pushed, and parked if its route stops being ready while it waits
+                if self._parked_at_turn(record):  # while it waited for a slot, its route parked records
                     return
 
                 def park_now() -> bool:  # its route stopped being ready while it waited

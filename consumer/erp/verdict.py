@@ -79,13 +79,7 @@ class Verdict:
 
 
 ENDPOINT_WIDE_CODES: tuple[str, ...] = (
-    "RequestLimitExceeded",
-    "ResourceUnavailable",
-    "ResourceInsufficient",
-    "ServiceUnavailable",
-    "AuthFailure",
-    "UnauthorizedOperation",
-    "IpNotInWhitelist",
+    *(code for code in DEFAULT_RETRY_CODES if code != "InternalError"),  # InternalError: may be this record's
     "HTTP_401",
     "HTTP_403",
     "HTTP_429",

@@ -196,3 +196,45 @@ def test_base_exception_is_reported_too() -> None:
     finally:
         d.shutdown(wait=True)
     assert errors == [(0, KeyboardInterrupt)]
+
+
+def test_tasks_done_at_their_turn_take_no_slot_and_keep_their_key_order() -> None:
+    """Every slot held by hung tasks: the tasks ``at_turn`` settles still finish, in their key's order."""
+    gate = threading.Event()
+    ran: list[str] = []
+    at_turn_seen: list[str] = []
+    errors: list[tuple[str, str]] = []
+
+    async def handler(task: str) -> None:
+        if task.startswith("hung"):
+            await asyncio.to_thread(gate.wait, 10)
+        ran.append(task)
+
+    def at_turn(task: str) -> bool:
+        at_turn_seen.append(task)
+        if task == "bad":
+            raise ValueError("no decision")
+        return task.startswith("park")
+
+    d: KeyedDispatcher[str] = KeyedDispatcher(2, handler, lambda t, e: errors.append((t, str(e))), at_turn=at_turn)
+    d.start()
+    try:
+        d.submit("h1", "hung-1")
+        d.submit("h2", "hung-2")
+        for task in ("park-a1", "park-a2", "bad"):
+            d.submit("a", task)
+        d.submit("b", "park-b1")
+        deadline = time.monotonic() + 5
+        while len(at_turn_seen) < 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert d.running == 2 and ran == []  # both slots still held by the hung tasks
+        assert [t for t in at_turn_seen if t.endswith(("a1", "a2")) or t == "bad"] == ["park-a1", "park-a2", "bad"]
+        assert errors == [("bad", "no decision")]
+        gate.set()
+        deadline = time.monotonic() + 5
+        while len(ran) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        gate.set()
+        d.shutdown(wait=True)
+    assert sorted(ran) == ["hung-1", "hung-2"] and d.busy_keys == 0

@@ -180,3 +180,35 @@ def test_a_record_matching_no_route_is_dead_lettered_no_route(make: Callable[...
     headers = dict(letter["headers"])  # type: ignore[arg-type]
     assert (headers[H_CLASS], headers[H_CODE]) == (b"validation", b"NoRoute")
     assert loop.erp.received == []
+
+
+def test_parked_records_retrying_in_place_do_not_hold_back_the_parking_of_the_source(
+        make: Callable[..., Loop]) -> None:
+    """A restart while the route is still down: the parked records retry holding the route's slots, and the
+    source records that are to be parked (their route has parked records) go to the retry topic without a slot.
+
+    Found by tests/faults/test_parking.py (kill -9 after parking, before the source commit): the source never
+    committed while the ERP stayed down, its records waiting for slots the parked records never gave back.
+    """
+    first = make(ERP_SYNC_MAX_IN_FLIGHT="2")
+    first.erp.down_hosts.add("hr.test")
+    for i in range(6):
+        first.cluster.append(TOPIC, 0, event(50_000 + i, HR), key=f"k{i}".encode())
+    first.consumer.assign([(TOPIC, 0), (RETRY, 0)])
+    first.until(lambda: len(parked(first)) == 6 and first.consumer.committed_offsets().get((TOPIC, 0)) == 6,
+                what="the first six parked")
+    first.consumer.lose()
+    first.p.step()
+    first.close()
+
+    second = make(cluster=first.cluster, ERP_SYNC_MAX_IN_FLIGHT="2")
+    second.erp.down_hosts.add("hr.test")  # still down
+    second.consumer.assign([(RETRY, 0), (TOPIC, 0)])
+    second.until(lambda: len(second.erp.received) >= 4, what="the parked records retrying, holding both slots")
+    for i in range(20):  # later records, some of them of the parked keys
+        second.cluster.append(TOPIC, 0, event(60_000 + i, HR), key=f"k{i}".encode())
+    second.until(lambda: second.consumer.committed_offsets().get((TOPIC, 0)) == 26, timeout_s=5,
+                 what="the new records parked while the parked ones retry")
+    assert sorted(int(dict(w["headers"])[H_OFFSET]) for w in parked(second)) == list(range(6, 26))  # type: ignore[arg-type]
+    assert second.consumer.committed_offsets().get((RETRY, 0)) in (None, 0)  # the parked ones still wait
+    assert second.erp.accepted == []
