@@ -965,8 +965,11 @@ def test_dlq_replay_interrupted_commits_only_the_letters_done(broker: Broker, er
         write_letter(broker, dlq, t.topic, i, "erp", value(2000 + i))
     set_behaviour(erp, latency_ms=400)
     log = open(tmp_path / "dlq-replay.log", "w")  # noqa: SIM115 - closed below
+    # SIGINT as a terminal's Ctrl-C delivers it, even when this session runs in the background (a shell
+    # starts background jobs with SIGINT ignored, and a child inherits that: Python then installs no handler)
     proc = subprocess.Popen([ERP_SYNC, "dlq", "replay", "--max-in-flight", "4"], env=t.env, stdout=log,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 30
         while len(requests(erp)) < 6:
