@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import IsolationLevel, KafkaError, TopicPartition
@@ -32,7 +33,23 @@ def error_text(exc: BaseException, name: bool = True) -> str:
     arg: object = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else exc
     if isinstance(arg, KafkaError):
         return f"{arg.name()}: {arg.str()}" if name else arg.str()
-    return str(arg)
+    return str(arg) or type(arg).__name__  # a future's TimeoutError says nothing else
+
+
+def broker_answered(exc: BaseException) -> bool:
+    """Whether ``exc`` is an answer of the broker (a protocol error code), not a failure to reach it.
+
+    librdkafka's own errors (transport, timeout, all brokers down…) have negative codes; the codes of
+    the Kafka protocol, which only a broker that answered can return, are positive.
+    """
+    arg = exc.args[0] if exc.args else None
+    return isinstance(arg, KafkaError) and arg.code() > 0
+
+
+STALE_METADATA_CODES = frozenset({KafkaError.FENCED_LEADER_EPOCH, KafkaError.UNKNOWN_LEADER_EPOCH,
+                                  KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                                  KafkaError.UNKNOWN_TOPIC_OR_PART})
+"""Answers that mean the client's view of the cluster is out of date (a broker restarted, a leader moved)."""
 
 
 def admin_client(settings: Settings) -> AdminClient:
@@ -54,7 +71,7 @@ def topic_retention_seconds(settings: Settings, topic: str, timeout_s: float = 5
         ms = int(entry.value)
         return -1.0 if ms < 0 else ms / 1000.0
     except Exception as exc:  # noqa: BLE001 - optional metric
-        log.info("cannot read retention.ms of %s yet: %s", topic, exc, extra={"event": "retention_unknown"})
+        log.info("cannot read retention.ms of %s yet: %s", topic, error_text(exc), extra={"event": "retention_unknown"})
         return None
 
 
@@ -86,14 +103,22 @@ class WatermarkWatcher:
         error: why the last failed query failed.
     """
 
-    def __init__(self, settings: Settings, interval_s: float) -> None:
+    REBUILD_AFTER_FAILURES = 3
+    """Queries failed in a row after which the client is replaced (its cached metadata may be what fails)."""
+
+    def __init__(self, settings: Settings, interval_s: float,
+                 admin_factory: Callable[[dict[str, Any]], Any] = AdminClient) -> None:
         conf = {k: v for k, v in metadata_consumer_config(settings).items()
                 if k not in ("group.id", "enable.auto.commit", "enable.auto.offset.store", "auto.offset.reset",
                              "enable.partition.eof", "isolation.level", "queued.max.messages.kbytes",
                              "session.timeout.ms", "heartbeat.interval.ms", "max.poll.interval.ms",
                              "partition.assignment.strategy", "group.instance.id")}
         conf["logger"] = logging.getLogger("librdkafka.watermarks")
-        self._admin = AdminClient(conf)
+        self._admin_conf = conf
+        self._admin_factory = admin_factory
+        self._admin = admin_factory(conf)
+        self.rebuilds = 0
+        """Times the client was replaced (stale metadata after a broker restart, or failures in a row)."""
         self._interval_s = interval_s
         self._partitions: list[tuple[str, int]] = []
         self._lock = threading.Lock()
@@ -123,29 +148,48 @@ class WatermarkWatcher:
         self._wake.set()
 
     def refresh(self) -> None:
-        """Query once now (used by the thread, and by tests)."""
+        """Query once now (used by the thread, and by tests).
+
+        ``ok`` says whether the broker answered at all: an error code in its answer (a leader that moved)
+        is an answer. Partitions whose query failed keep their last value; the client is replaced when
+        an answer says its metadata is stale, or after :attr:`REBUILD_AFTER_FAILURES` failed queries in
+        a row (librdkafka's admin client can keep asking with a leader epoch from before a broker restart).
+        """
         with self._lock:
             partitions = list(self._partitions)
-        high = {}
+        high: dict[tuple[str, int], int] = {}
+        errors: list[BaseException] = []
         try:
             if partitions:
                 request = {TopicPartition(t, p): OffsetSpec.latest() for t, p in partitions}
                 futures = self._admin.list_offsets(request, isolation_level=IsolationLevel.READ_COMMITTED,
                                                    request_timeout=2.0)
                 for tp, future in futures.items():
-                    high[(tp.topic, tp.partition)] = future.result(timeout=3.0).offset
+                    try:
+                        high[(tp.topic, tp.partition)] = future.result(timeout=3.0).offset
+                    except Exception as exc:  # noqa: BLE001 - this partition keeps its last value
+                        errors.append(exc)
             else:
                 self._admin.list_topics(topic=self._settings.primary_topic, timeout=2.0)
         except Exception as exc:  # noqa: BLE001 - KafkaException or a timeout: keep the last values
-            self.failures += 1
-            self.error = (f"no answer from {self._settings.kafka_bootstrap_servers} "
-                          f"({'ListOffsets' if partitions else 'Metadata'} request: {error_text(exc)})")
-            self.ok = False
-            return
+            errors.append(exc)
         with self._lock:
             self.high.update({tp: hw for tp, hw in high.items() if tp in self._partitions})
-        self.failures = 0
-        self.ok = True
+        if not errors:
+            self.failures = 0
+            self.ok = True
+            return
+        self.failures += 1
+        answered = bool(high) or any(broker_answered(exc) for exc in errors)
+        self.ok = answered
+        self.error = (f"{'an error answered by' if answered else 'no answer from'} "
+                      f"{self._settings.kafka_bootstrap_servers} "
+                      f"({'ListOffsets' if partitions else 'Metadata'} request: {error_text(errors[0])})")
+        stale = any(broker_answered(exc) and exc.args[0].code() in STALE_METADATA_CODES for exc in errors)
+        if stale or self.failures % self.REBUILD_AFTER_FAILURES == 0:
+            log.info("watermark client replaced: %s", self.error, extra={"event": "watermark_client_replaced"})
+            self._admin = self._admin_factory(self._admin_conf)
+            self.rebuilds += 1
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -475,6 +475,38 @@ class Registry:
         self._sh("stop")
 
 
+def http_status(url: str, timeout_s: float = 2.0) -> int:
+    """The HTTP status of a GET (0 when nothing answers)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
+
+
+def scrape(metrics_port: int, name: str, labels: dict[str, str] | None = None) -> float | None:
+    """The value of one sample of a running ``erp-sync run``'s /metrics (None: not exported or no answer)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2.0) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
+                return float(sample.value)
+    return None
+
+
 def wait_until(predicate: Any, timeout_s: float, what: str, poll_s: float = 0.2) -> float:
     """Poll ``predicate()`` until it is truthy; return the seconds waited (TimeoutError naming ``what``)."""
     started = time.monotonic()

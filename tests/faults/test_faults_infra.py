@@ -46,10 +46,12 @@ from dev.harness import (
     create_topic,
     header_map,
     high_watermarks,
+    http_status,
     log_events,
     produce,
     read_all,
     run_until_idle,
+    scrape,
     start_consumer,
     start_dedicated_broker,
     stop_consumer,
@@ -326,6 +328,18 @@ def broker_restart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
             wait_until(b_assigned_again, 60, "B re-assigned after the restart")
         except TimeoutError:
             pass  # B kept its assignment (no session loss): the scenario did not happen; the test says so
+        # B, still running with its ERP down: ready again, the broker up and its lag seen (not frozen)
+        def b_health() -> tuple[int, float | None, float | None]:
+            return (http_status(f"http://127.0.0.1:{cp_b.metrics_port}/readyz"),
+                    scrape(cp_b.metrics_port, "erp_sync_broker_up"),
+                    scrape(cp_b.metrics_port, "erp_sync_consumer_lag", {"topic": topic_b, "partition": "0"}))
+        try:
+            b_ready_s: float | None = wait_until(
+                lambda: (h := b_health())[0] == 200 and h[1] == 1 and (h[2] or 0) > 0, 30,
+                "B ready, broker up and lag seen after the restart", poll_s=0.5)
+        except TimeoutError:
+            b_ready_s = None
+        b_health_after = b_health()
         stub_b.behaviour(latency_ms=10)
         t_b_fixed = time.time()
         try:
@@ -343,6 +357,7 @@ def broker_restart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
             "code_a": code_a, "code_b": code_b, "exited_while_down": exited_while_down,
             "at_stop": at_stop, "at_down": at_down, "t_stop": t_stop, "t_down": t_down, "t_start": t_start,
             "t_up": t_up, "t_a_done": t_a_done, "t_b_fixed": t_b_fixed, "b_recovered_s": b_recovered_s,
+            "b_ready_s": b_ready_s, "b_health_after": b_health_after,
         }
 
 
@@ -375,6 +390,22 @@ def test_broker_restart_mid_stream_recovers_by_itself(broker_restart: dict[str, 
             all_delivered_after_ready_s=round(max(q["time"] for q in reqs) - r["t_up"], 1),
             kafka_warnings=sum(1 for e in log_events(log) if e.get("event") == "kafka_error"),
             raw_librdkafka_lines=sum(1 for line in log.splitlines() if line.startswith("%")))
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_after_a_broker_restart_readiness_and_lag_come_back(broker_restart: dict[str, Any]) -> None:
+    """B (its ERP down, records waiting) is ready again, says the broker is up and shows its lag.
+
+    Before: its watermark client kept asking with the leader epoch from before the restart, every answer
+    FENCED_LEADER_EPOCH: /readyz 503 "broker not reachable" and the lag frozen for as long as it ran.
+    """
+    r = broker_restart
+    status, up, lag = r["b_health_after"]
+    figures("fault 6 readiness after the restart", ready_after_s=r["b_ready_s"], readyz=status, broker_up=up,
+            lag=lag)
+    assert r["b_ready_s"] is not None, (status, up, lag, r["log_b"][-3000:])
+    assert (status, up) == (200, 1.0) and lag is not None and 0 < lag <= PAUSED_TOTAL
 
 
 @pytest.mark.kafka
