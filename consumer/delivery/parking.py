@@ -38,7 +38,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from ..kafka import error_text
 from ..settings import Settings
@@ -49,6 +49,10 @@ from .partitions import TP, PartitionState
 
 log = logging.getLogger("consumer.delivery.pipeline")
 
+RETRY_TOPICS_RECHECK_S = 10.0
+"""Parking off because the broker did not answer at start: asked again this often (seconds)."""
+RETRY_TOPICS_MISSING_RECHECK_S = 60.0
+"""Parking off because a retry topic is missing or has another partition count: asked again this often (s)."""
 SCAN_TIMEOUT_S = 60.0
 """Longest scan of a retry partition at assignment before its partitions are released anyway."""
 
@@ -139,6 +143,8 @@ class Parking:
         self.indexes: dict[TP, ParkedIndex] = {}
         self._scans: dict[TP, threading.Thread] = {}
         self._wanted = {t: r for t in settings.topics if (r := settings.retry_topic_of(t)) is not None}
+        self._recheck_at: float | None = None
+        """When to ask again whether the retry topics can be used (None: nothing left to ask)."""
 
     @property
     def wanted(self) -> dict[str, str]:
@@ -149,6 +155,68 @@ class Parking:
         """Park records of ``source`` into ``retry`` (checked to exist with as many partitions)."""
         self.retry_of[source] = retry
         self.source_of[retry] = source
+
+    def check_topics(self, consumer: Any, strategy: str, timeout_s: float = 10.0, quiet: bool = False) -> bool:
+        """Turn parking on for each source topic whose retry topic exists with as many partitions.
+
+        What cannot be decided yet is asked again (:meth:`recheck_due`, from the loop): unreadable
+        metadata (the broker not answering at start) after :data:`RETRY_TOPICS_RECHECK_S`, a retry topic
+        that does not exist or has another partition count after :data:`RETRY_TOPICS_MISSING_RECHECK_S`.
+
+        Args:
+            consumer: the group's consumer (its ``list_topics``).
+            strategy: its ``partition.assignment.strategy`` (parking needs ``range``).
+            timeout_s: how long the metadata request may take (seconds).
+            quiet: a later check: log only what it turns on.
+
+        Returns:
+            True when parking was turned on for a topic (the subscription must then include its retry topic).
+        """
+        wanted = {source: retry for source, retry in self._wanted.items() if source not in self.retry_of}
+        if not wanted:
+            return False
+        if not strategy.startswith("range"):
+            log.warning("parking is off: it needs partition.assignment.strategy=range (retry partition p must go "
+                        "to the member that owns source partition p), not %s", strategy,
+                        extra={"event": "parking_off"})
+            return False
+        try:
+            topics = consumer.list_topics(timeout=timeout_s).topics
+        except KafkaException as exc:
+            if not quiet:
+                log.warning("parking is off until the retry topics' metadata can be read (%s): asked again every "
+                            "%.0f s", error_text(exc), RETRY_TOPICS_RECHECK_S, extra={"event": "parking_off"})
+            self._recheck_at = time.monotonic() + RETRY_TOPICS_RECHECK_S
+            return False
+        enabled = False
+        for source, retry in wanted.items():
+            have, need = topics.get(retry), topics.get(source)
+            if have is None or have.error is not None:
+                if not quiet:
+                    log.warning("parking is off for %s: its retry topic %s does not exist (erp-sync create-topics "
+                                "creates it); records its ERP keeps refusing wait in place", source, retry,
+                                extra={"event": "parking_off"})
+                self._recheck_at = time.monotonic() + RETRY_TOPICS_MISSING_RECHECK_S
+            elif need is not None and len(have.partitions) != len(need.partitions):
+                if not quiet:
+                    log.warning("parking is off for %s: its retry topic %s has %d partitions, the source %d (they "
+                                "must match)", source, retry, len(have.partitions), len(need.partitions),
+                                extra={"event": "parking_off"})
+                self._recheck_at = time.monotonic() + RETRY_TOPICS_MISSING_RECHECK_S
+            else:
+                self.enable(source, retry)
+                enabled = True
+                if quiet:
+                    log.info("parking is on for %s: records its ERP keeps refusing wait in %s", source, retry,
+                             extra={"event": "parking_on"})
+        return enabled
+
+    def recheck_due(self, now: float) -> bool:
+        """Whether :meth:`check_topics` must ask again now (once per due time)."""
+        if self._recheck_at is None or now < self._recheck_at:
+            return False
+        self._recheck_at = None
+        return True
 
     @property
     def topics(self) -> list[str]:

@@ -177,6 +177,7 @@ class Pipeline:
             self._report()
         self.backpressure.update(self.consumer)
         self.rebalance.check_rejoin(now)
+        self._recheck_retry_topics(now)
 
     def idle_for(self) -> float:
         """Seconds idle: 0 unless assigned, every partition at its end and nothing unfinished."""
@@ -189,34 +190,14 @@ class Pipeline:
                                 on_revoke=self.rebalance.on_revoke, on_lost=self.rebalance.on_lost)
 
     def _check_retry_topics(self) -> None:
-        """Turn parking on for each source topic whose retry topic exists with as many partitions."""
-        wanted = self.parking.wanted
-        if not wanted:
-            return
-        strategy = str(self._consumer_conf.get("partition.assignment.strategy", "range,roundrobin"))
-        if not strategy.startswith("range"):
-            log.warning("parking is off: it needs partition.assignment.strategy=range (retry partition p must go "
-                        "to the member that owns source partition p), not %s", strategy,
-                        extra={"event": "parking_off"})
-            return
-        try:
-            topics = self.consumer.list_topics(timeout=10).topics
-        except KafkaException as exc:
-            log.warning("parking is off: cannot read the retry topics' metadata (%s)", exc,
-                        extra={"event": "parking_off"})
-            return
-        for source, retry in wanted.items():
-            have, need = topics.get(retry), topics.get(source)
-            if have is None or have.error is not None:
-                log.warning("parking is off for %s: its retry topic %s does not exist (erp-sync create-topics "
-                            "creates it); records its ERP keeps refusing wait in place", source, retry,
-                            extra={"event": "parking_off"})
-            elif need is not None and len(have.partitions) != len(need.partitions):
-                log.warning("parking is off for %s: its retry topic %s has %d partitions, the source %d (they must "
-                            "match)", source, retry, len(have.partitions), len(need.partitions),
-                            extra={"event": "parking_off"})
-            else:
-                self.parking.enable(source, retry)
+        self.parking.check_topics(self.consumer, str(self._consumer_conf.get("partition.assignment.strategy",
+                                                                             "range,roundrobin")))
+
+    def _recheck_retry_topics(self, now: float) -> None:
+        if self.parking.recheck_due(now) and self.parking.check_topics(
+                self.consumer, str(self._consumer_conf.get("partition.assignment.strategy", "range,roundrobin")),
+                timeout_s=1.0, quiet=True):
+            self._subscribe()  # the retry topic joins the subscription: a rebalance assigns its partitions
 
     def recreate_consumer(self, waited_s: float) -> None:
         """Replace the Kafka client (the rejoin watchdog's remedy; see :mod:`.rebalance`)."""

@@ -212,3 +212,35 @@ def test_parked_records_retrying_in_place_do_not_hold_back_the_parking_of_the_so
     assert sorted(int(dict(w["headers"])[H_OFFSET]) for w in parked(second)) == list(range(6, 26))  # type: ignore[arg-type]
     assert second.consumer.committed_offsets().get((RETRY, 0)) in (None, 0)  # the parked ones still wait
     assert second.erp.accepted == []
+
+
+def test_parking_turns_on_once_the_retry_topics_metadata_can_be_read(make: Callable[..., Loop],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The broker did not answer at start: parking was off for the life of the process (a trial's finding)."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    from consumer.delivery import parking as parking_module
+    from tests.unit.doubles import FakeConsumer
+
+    real = FakeConsumer.list_topics
+    broker_down = [True]
+
+    def list_topics(self: FakeConsumer, topic: str | None = None, timeout: float = -1) -> object:
+        if broker_down[0]:
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+        return real(self, topic, timeout)
+
+    monkeypatch.setattr(FakeConsumer, "list_topics", list_topics)
+    monkeypatch.setattr(parking_module, "RETRY_TOPICS_RECHECK_S", 0.2)
+    loop = make()
+    assert loop.p.parking.retry_of == {} and loop.consumer.topics == [TOPIC]
+    loop.steps(0.5)
+    assert loop.p.parking.retry_of == {}  # still down: still off, asked again
+    broker_down[0] = False
+    loop.until(lambda: loop.consumer.topics == [TOPIC, RETRY], timeout_s=3, what="the retry topic subscribed")
+    assert loop.p.parking.retry_of == {TOPIC: RETRY}
+    loop.erp.down_hosts.add("hr.test")
+    loop.cluster.append(TOPIC, 0, event(70_001, HR), key=b"k")
+    loop.consumer.assign([(TOPIC, 0), (RETRY, 0)])
+    loop.until(lambda: len(parked(loop)) == 1 and loop.consumer.committed_offsets().get((TOPIC, 0)) == 1,
+               what="parked")
