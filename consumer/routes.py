@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from . import errors
 from .errors import ConfigError
-from .settings import ENV_PREFIX, Settings
+from .settings import ENV_PREFIX, Settings, read_text_file
 
 ROUTE_DELIVERY_KEYS = ("max_in_flight", "park_after_seconds", "retry_deadline_seconds",
                        "retry_backoff_initial_seconds", "retry_backoff_max_seconds", "retry_after_max_seconds")
@@ -78,6 +78,15 @@ class Match(BaseModel):
     def _not_empty(cls, value: Any) -> Any:
         if value is not None and len(value) == 0:
             raise ValueError("empty: this route would match nothing (leave the key out to match any)")
+        return value
+
+    @field_validator("flow_codes")
+    @classmethod
+    def _int64(cls, value: list[int] | None) -> list[int] | None:
+        for code in value or ():
+            if not -(2**63) <= code < 2**63:
+                raise ValueError(f"{code} is outside a FlowCode's range (a 64-bit signed integer): it would match "
+                                 "no record")
         return value
 
 
@@ -206,10 +215,9 @@ def load_routes(settings: Settings) -> RouteTable:
         settings.require_erp_url()
         return RouteTable([Route(DEFAULT_ROUTE, settings)])
     path = settings.routes_file
+    text = read_text_file(path, f"{ENV_PREFIX}ROUTES_FILE")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{ENV_PREFIX}ROUTES_FILE: cannot read {path}: {exc.strerror}") from None
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{ENV_PREFIX}ROUTES_FILE: {path}: not YAML: {exc}".replace("\n", " ")) from None
     try:

@@ -44,6 +44,21 @@ def _comma_list(value: str) -> list[str]:
     return [part.strip() for part in value.split(",")]
 
 
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def topic_name_problem(name: str) -> str:
+    """Why Kafka would refuse ``name`` as a topic name, or ``""`` (Kafka's ``Topic.validate`` rules)."""
+    if name in (".", ".."):
+        return "'.' and '..' are not allowed"
+    if len(name) > 249:
+        return f"{len(name)} characters, at most 249"
+    if not _TOPIC_NAME.fullmatch(name):
+        bad = sorted({c for c in name if not _TOPIC_NAME.fullmatch(c)})
+        return f"only ASCII letters, digits, '.', '_' and '-' (not {' '.join(repr(c) for c in bad)})"
+    return ""
+
+
 def _joined(value: Any, empty: str, twice: str | None = None) -> Any:
     """A comma-separated list, its parts stripped and joined again.
 
@@ -210,6 +225,11 @@ class Settings(BaseSettings):
                 "ERP_SYNC_ERP_URL must not carry credentials (user:password@): URLs end up in logs; "
                 "put them in ERP_SYNC_ERP_AUTH_HEADER_VALUE or ERP_SYNC_ERP_AUTH_HEADER_VALUE_FILE"
             )
+        named = [*(("ERP_SYNC_TOPIC", t) for t in self.topics), ("ERP_SYNC_DLQ_TOPIC", self.dead_letter_topic),
+                 *(("ERP_SYNC_RETRY_TOPIC", r) for t in self.topics if (r := self.retry_topic_of(t)) is not None)]
+        for variable, name in named:
+            if problem := topic_name_problem(name):
+                raise ValueError(f"{variable}: {name!r} is not a valid Kafka topic name: {problem}")
         if self.dead_letter_topic in self.topics:
             raise ValueError("ERP_SYNC_DLQ_TOPIC must differ from ERP_SYNC_TOPIC (dead letters would be re-read)")
         if self.retry_topic is not None and self.retry_topic.lower() != "none" and len(self.topics) > 1:
@@ -424,24 +444,34 @@ def redact_url(url: str | None) -> str | None:
     return re.sub(r"\?.*$", "?****", url)
 
 
+def read_text_file(path: str | Path, variable: str) -> str:
+    """The text of a file a setting names (UTF-8).
+
+    Raises:
+        ConfigError: naming ``variable`` and the file: it cannot be read (missing, a directory, no
+            permission) or is not UTF-8 text (a binary key: write it as text, hex or base64).
+    """
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{variable}: cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{variable}: {path} is not UTF-8 text (byte {exc.start}: 0x{exc.object[exc.start]:02x}); "
+                          "write it as text (a binary key as hex or base64)") from None
+
+
 def _secret_value(secret: SecretStr | None, path: Path | None, var: str) -> str | None:
     if secret is not None:
         return secret.get_secret_value()
     if path is None:
         return None
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"{var}: cannot read {path}: {exc.strerror}") from exc
+    return read_text_file(path, var).strip()
 
 
 def _read_config_file(path: str) -> dict[str, str]:
     """Read a dotenv-style file: ``NAME=value`` lines, ``#`` comments, optional quotes."""
     values: dict[str, str] = {}
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(f"ERP_SYNC_CONFIG_FILE: cannot read {path}: {exc.strerror}") from exc
+    lines = read_text_file(path, "ERP_SYNC_CONFIG_FILE").splitlines()
     for number, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line or line.startswith("#"):

@@ -465,3 +465,35 @@ def test_the_scripts_own_variables_are_not_warned_about() -> None:
     s = load_settings({"ERP_SYNC_VENV": "/opt/venv", "ERP_SYNC_CACHE_DIR": "/var/cache/erp-sync",
                        "ERP_SYNC_TEST_KAFKA_PORT": "9092", "ERP_SYNC_VENVV": "x"})
     assert s.unknown_variables == ("ERP_SYNC_VENVV is not a setting: ignored (did you mean ERP_SYNC_VENV?)",)
+
+
+@pytest.mark.parametrize("var", ["ERP_SYNC_ERP_AUTH_HEADER_VALUE_FILE", "ERP_SYNC_ERP_HMAC_SECRET_FILE",
+                                 "ERP_SYNC_ROUTES_FILE", "ERP_SYNC_CONFIG_FILE"])
+def test_a_file_that_is_not_text_is_one_line_and_exit_2(tmp_path: Path, var: str) -> None:
+    """A trial's finding: a binary key file (head -c32 /dev/urandom) gave a UnicodeDecodeError traceback, exit 1."""
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\x00\xff\xfe binary key")
+    env = clean_env(ERP_SYNC_ERP_URL="https://erp.example/x", **{var: str(binary)})
+    proc = subprocess.run([str(ERP_SYNC), "check-config"], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"erp-sync: configuration error: {var}: {binary} is not UTF-8 text (byte 1: 0xff); write it as text (a "
+        "binary key as hex or base64)"], proc.stderr
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"ERP_SYNC_TOPIC": "a b"}, "ERP_SYNC_TOPIC: 'a b' is not a valid Kafka topic name: only ASCII letters, digits, "
+                                "'.', '_' and '-' (not ' ')"),
+    ({"ERP_SYNC_TOPIC": "ok,wf/x"}, "ERP_SYNC_TOPIC: 'wf/x' is not a valid Kafka topic name"),
+    ({"ERP_SYNC_TOPIC": ".."}, "ERP_SYNC_TOPIC: '..' is not a valid Kafka topic name: '.' and '..' are not allowed"),
+    ({"ERP_SYNC_DLQ_TOPIC": "dlq:1"}, "ERP_SYNC_DLQ_TOPIC: 'dlq:1' is not a valid Kafka topic name"),
+    ({"ERP_SYNC_RETRY_TOPIC": "wf retry"}, "ERP_SYNC_RETRY_TOPIC: 'wf retry' is not a valid Kafka topic name"),
+    ({"ERP_SYNC_TOPIC": "t" * 244}, f"ERP_SYNC_RETRY_TOPIC: '{'t' * 244}.retry' is not a valid Kafka topic name: "
+                                    "250 characters, at most 249"),
+])
+def test_topic_names_kafka_refuses_are_refused_at_start(env: dict[str, str], message: str) -> None:
+    """A trial's finding: ERP_SYNC_TOPIC='a b' passed check-config, and run waited forever."""
+    with pytest.raises(ConfigError) as info:
+        load_settings({"ERP_SYNC_ERP_URL": "https://erp.example/x", **env})
+    assert message in str(info.value)
