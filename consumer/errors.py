@@ -9,7 +9,8 @@
     │   ├── ValidationError       class "validation": decoded, but breaks a rule of ERP-INTERFACE.md
     │   └── ErpRejectError        class "erp": the ERP judged the record itself faulty (§6 reject)
     └── ToolError                 an operations tool failed at run time (exit code 1)
-        └── UsageError            a bad option, or a cluster state that forbids it (exit code 2)
+        ├── UsageError            a bad option, or a cluster state that forbids it (exit code 2)
+        └── RegistryUnavailable   the schema registry does not answer: ``run`` holds the partition
 
 Each error carries what decides what happens to it, so callers branch on attributes, not on long
 ``except`` lists: a :class:`RecordError`'s ``error_class`` and ``code`` become the dead letter's
@@ -85,3 +86,13 @@ class UsageError(ToolError):
     """A bad option, or a state of the cluster that forbids the operation (exit code 2)."""
 
     exit_code = 2
+
+
+class RegistryUnavailable(ToolError):
+    """The schema registry did not answer a lookup (transport error, timeout, HTTP 5xx, 429, 401 or 403).
+
+    Not the record's fault, so never a dead letter: ``erp-sync run`` holds the record's partition at
+    that record and asks again (:data:`consumer.delivery.intake.REGISTRY_HOLD_S`); a replay tool stops
+    with this message (exit code 1). An id the registry does not know (404) is a :class:`DecodeError`
+    ``UnknownSchemaId`` instead.
+    """

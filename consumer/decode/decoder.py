@@ -38,7 +38,7 @@ from typing import Any, Literal
 import fastavro
 from fastavro.types import Schema
 
-from ..errors import DecodeError, ValidationError
+from ..errors import DecodeError, RegistryUnavailable, ValidationError
 from . import avro_v1
 from .compat import STATUS_FIELD, incompatibilities, writer_status_symbols
 from .registry import WriterSchemaLookup
@@ -170,7 +170,9 @@ class Decoder:
             )
         try:
             writer_json = self.writer_schema_lookup(schema_id)
-        except Exception as exc:  # registry client errors are many; all mean "cannot resolve" (not remembered)
+        except RegistryUnavailable:
+            raise  # not the record's fault: never a dead letter
+        except Exception as exc:  # the registry does not know the id (not remembered: replayable later)
             raise DecodeError("UnknownSchemaId", f"schema id {schema_id}: {exc}") from exc
         problems = incompatibilities(writer_json, SCHEMA_JSON)
         refused = None

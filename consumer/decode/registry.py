@@ -8,11 +8,10 @@ schema in its JSON form (logical types included: the decoder checks them against
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, RegistryUnavailable
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -57,7 +56,8 @@ def registry_lookup(url: str, extra_config: Mapping[str, Any] | None = None) -> 
     Uses confluent-kafka's ``SchemaRegistryClient`` (which caches schemas by id, so the registry is
     asked once per known schema id). An unknown id (404) fails at once and is not remembered: once
     the registry knows it, the next record (or ``erp-sync dlq replay``) resolves it. A registry that
-    does not answer is asked 3 times, 1 s apart, then the record is dead-lettered (``UnknownSchemaId``).
+    does not answer (or answers 5xx, 429, 401, 403) raises :class:`~consumer.errors.RegistryUnavailable`
+    at once, without waiting: ``run`` holds the partition and asks again later, nothing is dead-lettered.
 
     Args:
         url: the registry URL (``ERP_SYNC_SCHEMA_REGISTRY_URL``).
@@ -77,17 +77,16 @@ def registry_lookup(url: str, extra_config: Mapping[str, Any] | None = None) -> 
                           f"{type(exc).__name__}: {exc}") from None
 
     def fetch(schema_id: int) -> Any:
-        for attempt in range(3):
-            try:
-                return client.get_schema(schema_id)
-            except SchemaRegistryError as exc:
-                if exc.http_status_code == 404 or attempt == 2:
-                    raise
-            except Exception:  # transport errors: the registry may be restarting
-                if attempt == 2:
-                    raise
-            time.sleep(1.0)
-        raise AssertionError("unreachable")
+        try:
+            return client.get_schema(schema_id)
+        except SchemaRegistryError as exc:
+            if exc.http_status_code in (400, 404, 422):  # the id itself: not known (yet), or not a valid id
+                raise
+            raise RegistryUnavailable(f"the schema registry answered HTTP {exc.http_status_code} for schema id "
+                                      f"{schema_id}: {exc.error_message}") from None
+        except Exception as exc:  # noqa: BLE001 - transport errors, timeouts: the registry may be restarting
+            raise RegistryUnavailable(f"the schema registry did not answer for schema id {schema_id}: "
+                                      f"{type(exc).__name__}: {exc}") from None
 
     def lookup(schema_id: int) -> Any:
         registered = fetch(schema_id)

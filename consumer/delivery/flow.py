@@ -64,22 +64,40 @@ class Backpressure:
         self.metrics = metrics
         self._errors = errors
         self.paused = False
-        self.held: set[TP] = set()
-        """Partitions held whatever the load (their parked records are being scanned)."""
+        self._holds: dict[TP, set[str]] = {}
+        """Partitions held whatever the load, and why: ``scan`` (their parked records are being scanned),
+        ``registry`` (the schema registry did not answer for their next record)."""
         self.under_pressure = False
         """Set by :meth:`update` (poll loop) for the push event loop: half the buffer is used."""
 
-    def hold(self, consumer: PausingConsumer, tps: list[TP]) -> None:
-        """Pause these partitions until :meth:`unhold` (the backpressure's resume leaves them paused)."""
-        new = [tp for tp in tps if tp not in self.held]
-        self.held.update(new)
+    @property
+    def held(self) -> set[TP]:
+        """Partitions held whatever the load, for any reason."""
+        return set(self._holds)
+
+    def held_for(self, reason: str) -> list[TP]:
+        """Partitions held for ``reason``."""
+        return [tp for tp, reasons in self._holds.items() if reason in reasons]
+
+    def hold(self, consumer: PausingConsumer, tps: list[TP], reason: str = "scan") -> None:
+        """Pause these partitions until :meth:`unhold` for the same reason (a resume leaves them paused)."""
+        new = [tp for tp in tps if tp not in self._holds]
+        for tp in tps:
+            self._holds.setdefault(tp, set()).add(reason)
         if new:
             self._call(consumer.pause, new)
 
-    def unhold(self, consumer: PausingConsumer, tps: list[TP]) -> None:
-        """Let held partitions move again (unless the backpressure pauses everything)."""
-        freed = [tp for tp in tps if tp in self.held]
-        self.held.difference_update(freed)
+    def unhold(self, consumer: PausingConsumer, tps: list[TP], reason: str = "scan") -> None:
+        """Let held partitions move again once no reason holds them (unless the backpressure pauses everything)."""
+        freed = []
+        for tp in tps:
+            reasons = self._holds.get(tp)
+            if reasons is None:
+                continue
+            reasons.discard(reason)
+            if not reasons:
+                del self._holds[tp]
+                freed.append(tp)
         if freed and not self.paused:
             self._call(consumer.resume, freed)
 
@@ -112,7 +130,8 @@ class Backpressure:
     def release(self, consumer: PausingConsumer, partitions: list[TopicPartition], stopping: bool) -> None:
         """Partitions leave (revoke, loss): clear their pause flag, which librdkafka keeps across re-assignment."""
         held = {(tp.topic, tp.partition) for tp in partitions} & self.held
-        self.held -= held
+        for tp in held:
+            del self._holds[tp]
         if (self.paused or held) and not stopping:
             try:
                 consumer.resume(partitions)

@@ -42,10 +42,11 @@ class PartitionState:
         released: no longer assigned: completions are ignored.
         without_committed_offset: the group had no committed offset for it at assignment (until the
             first record or EOF says where ``auto.offset.reset`` started it).
+        refetch_from: the offset it was sought back to, held for the schema registry (None: not held).
     """
 
     __slots__ = ("topic", "partition", "tp", "offsets", "outstanding", "eof", "caught_up_at", "cancelled",
-                 "released", "without_committed_offset")
+                 "released", "without_committed_offset", "refetch_from")
 
     def __init__(self, topic: str, partition: int, committed: int | None,
                  known_finished: Ranges | None = None) -> None:
@@ -59,6 +60,7 @@ class PartitionState:
         self.cancelled = False
         self.released = False
         self.without_committed_offset = committed is None
+        self.refetch_from: int | None = None
 
     def finish(self, offset: int) -> None:
         """Mark a record finished (accepted, skipped or dead-lettered) unless the partition was released."""

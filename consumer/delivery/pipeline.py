@@ -118,7 +118,8 @@ class Pipeline:
         self.consumer: Any = consumer_factory(conf)
         self.intake = Intake(settings, self.assignment, self.decoder, self.routes, self.endpoints, self.parking,
                              self.settler, self.in_flight, self.metrics, self.health, self._errors,
-                             str(conf.get("auto.offset.reset", "earliest")), on_fatal=self._fatal_error)
+                             str(conf.get("auto.offset.reset", "earliest")), on_fatal=self._fatal_error,
+                             backpressure=self.backpressure, consumer=lambda: self.consumer)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -172,6 +173,7 @@ class Pipeline:
         self.parker.poll()
         self.rebalance.release_loaded()
         now = time.monotonic()
+        self.intake.release_registry_holds(now)
         self.committer.maybe_commit(self.consumer, now)
         if self.lag.maybe_update(now):
             self._report()

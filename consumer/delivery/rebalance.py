@@ -121,7 +121,7 @@ class Rebalancer:
         held = self.parking.assigned(states, committed) if self.parking is not None else []
         if held:  # assign now, so that the pause of the held partitions applies to them
             consumer.assign(partitions)
-            self.backpressure.hold(consumer, held)
+            self.backpressure.hold(consumer, held, "scan")
         self.last_assigned = time.monotonic()
         log.info("assigned %s", _names(partitions), extra={"event": "assigned"})
 
@@ -158,9 +158,9 @@ class Rebalancer:
         """Let partitions held for their parked-records scan move once it is done."""
         if self.parking is None or not self.backpressure.held:
             return
-        done = [tp for tp in self.backpressure.held if self.parking.loaded(tp)]
+        done = [tp for tp in self.backpressure.held_for("scan") if self.parking.loaded(tp)]
         if done:
-            self.backpressure.unhold(self.host.consumer, done)
+            self.backpressure.unhold(self.host.consumer, done, "scan")
 
     def _release(self, tps: list[TP]) -> None:
         if self.parking is not None:

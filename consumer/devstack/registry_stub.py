@@ -83,6 +83,8 @@ class RegistryStub:
         self.tls = tls
         self.store = _Store()
         self.calls: list[str] = []
+        self.unavailable = False
+        """True: every request is answered 503 (a registry outage), the schemas kept."""
         self._server: ThreadingHTTPServer | None = None
 
     def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -105,6 +107,9 @@ class RegistryStub:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 stub.calls.append(f"{method} {self.path}")
+                if stub.unavailable:
+                    self._send(503, {"error_code": 50301, "message": "Service Unavailable (stub.unavailable)"})
+                    return
                 if stub.user_info is not None and not _authorized(self.headers.get("Authorization"), stub.user_info):
                     self._send(401, {"error_code": 401, "message": "Unauthorized"})
                     return

@@ -47,7 +47,10 @@ from dev.harness import (
     produce,
     read_all,
     run_until_idle,
+    start_consumer,
+    stop_consumer,
     unique,
+    wait_until,
 )
 from tests.unit.test_schema_evolution import micros_schema, v2_schema
 
@@ -272,3 +275,43 @@ def test_registry_tls_client_certificate_and_basic_auth_pass_through_and_stay_se
         run_until_idle(no_cert, tmp_path / "run2.log", idle_s=1.0, timeout=90)
         letters = [header_map(m)[H_CODE] for m in read_all(broker, topic + ".dlq")]
         assert letters == ["UnknownSchemaId"]
+
+
+@pytest.mark.kafka
+def test_a_registry_outage_holds_the_partition_and_dead_letters_nothing(
+        broker: Broker, erp: Any, stub: Any, tmp_path: Path) -> None:
+    """Before: asked 3 times, 1 s apart, in the poll loop, then dead-lettered UnknownSchemaId."""
+    with RegistryStub() as registry:
+        topic, group = unique("sr-down"), unique("group-sr-down")
+        create_topic(broker, topic)
+        create_topic(broker, topic + ".dlq")
+        framed = serialize(serializer(SchemaRegistryClient({"url": registry.url}), SCHEMA_JSON), topic,
+                           {**SPEC, "instance_id": 21})
+        registry.unavailable = True  # the schema is registered; the registry stops answering
+        produce(broker, topic, [(b"20", encode({**SPEC, "instance_id": 20})), (b"21", framed),
+                                (b"22", encode({**SPEC, "instance_id": 22}))])
+        env = consumer_env(broker, topic, group, erp.url, ERP_SYNC_SCHEMA_REGISTRY_URL=registry.url,
+                           ERP_SYNC_COMMIT_INTERVAL_SECONDS="0.2")
+        consumer = start_consumer(env, tmp_path / "run.log")
+        try:
+            wait_until(lambda: any(e.get("event") == "registry_unavailable" for e in log_events(consumer.log())), 30,
+                       "the partition held")
+            wait_until(lambda: sum(c.startswith("GET /schemas/ids/") for c in registry.calls) >= 2, 15,
+                       "the registry asked again")
+            accepted = [r["instance_id"] for r in stub.requests() if r["code"] == "OK"]
+            assert accepted == [20], consumer.log()[-3000:]
+            assert committed(broker, group, topic) == {0: 1}
+            assert read_all(broker, topic + ".dlq") == []
+            line = next(e for e in log_events(consumer.log()) if e.get("event") == "registry_unavailable")
+            assert line["message"].startswith(
+                "the schema registry answered HTTP 503 for schema id 1: Service Unavailable (stub.unavailable): "
+                f"{topic}[0] held at offset 1, asked again every 5 s"), line["message"]
+            registry.unavailable = False
+            wait_until(lambda: [r["instance_id"] for r in stub.requests() if r["code"] == "OK"] == [20, 21, 22], 30,
+                       "delivered once the registry answers")
+            wait_until(lambda: committed(broker, group, topic) == {0: 3}, 15, "committed to the end")
+        finally:
+            assert stop_consumer(consumer) == 0
+        assert read_all(broker, topic + ".dlq") == []
+        for r in stub.requests():
+            assert r["body"].encode() == body_of(r["instance_id"])

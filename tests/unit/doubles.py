@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 import orjson
-from confluent_kafka import OFFSET_INVALID, TIMESTAMP_CREATE_TIME, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_INVALID, TIMESTAMP_CREATE_TIME, KafkaError, KafkaException, TopicPartition
 
 TP = tuple[str, int]
 
@@ -214,6 +214,14 @@ class FakeConsumer:
         tps = [(tp.topic, tp.partition) for tp in partitions]
         self.pause_calls.append(tps)
         self.paused |= set(tps)
+
+    def seek(self, partition: TopicPartition) -> None:
+        """Fetch ``partition`` from its offset next (what was fetched before is not delivered again)."""
+        tp = (partition.topic, partition.partition)
+        if tp not in self.assigned:
+            raise KafkaException(KafkaError(KafkaError._STATE, "Erroneous state"))
+        self.positions[tp] = partition.offset
+        self.eof_sent.discard(tp)
 
     def resume(self, partitions: list[TopicPartition]) -> None:
         tps = [(tp.topic, tp.partition) for tp in partitions]
