@@ -673,7 +673,7 @@ def test_erp_outage_backs_off_commits_nothing_undelivered_then_delivers_in_key_o
 
 def test_slow_erp_never_exceeds_max_poll_interval(broker: Broker, erp: ErpStub, stub: StubClient,
                                                   tmp_path: Path) -> None:
-    n, latency_ms, max_in_flight, poll_interval_ms = 20, 2000, 2, 6000
+    n, latency_ms, max_in_flight, poll_interval_ms = 12, 2000, 2, 6000  # 12 s of pushes: twice the interval
     topic, dlq, group = new_topics(broker, "slow", 1)
     evs = approved(n, seed=405)
     produce(broker, topic, [record(e) for e in evs])

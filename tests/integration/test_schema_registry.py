@@ -268,13 +268,22 @@ def test_registry_tls_client_certificate_and_basic_auth_pass_through_and_stay_se
         shown = json.loads(printed.stdout)
         assert shown["ERP_SYNC_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO"] == "**********"
         assert shown["ERP_SYNC_SCHEMA_REGISTRY_CLIENT_CERT"] == str(tmp_path / "client.pem")
-        # without the client certificate the registry refuses: a dead letter to replay, not a silent skip
+        # without the client certificate the registry refuses the handshake: a configuration problem, not the
+        # record's: the partition is held at the record (no dead letter, no silent skip) until the setting is fixed
         no_cert = {k: v for k, v in env.items() if "CLIENT_" not in k}
         produce(broker, topic, [(b"12", serialize(serializer(SchemaRegistryClient(sr_conf), copy.deepcopy(v2_schema())),
                                                    topic, {**SPEC, "instance_id": 12, "tenant_name": None}))])
-        run_until_idle(no_cert, tmp_path / "run2.log", idle_s=1.0, timeout=90)
-        letters = [header_map(m)[H_CODE] for m in read_all(broker, topic + ".dlq")]
-        assert letters == ["UnknownSchemaId"]
+        held = start_consumer(no_cert, tmp_path / "run2.log")
+        try:
+            wait_until(lambda: any(e.get("event") == "registry_unavailable" for e in log_events(held.log())), 30,
+                       "the partition held")
+        finally:
+            assert stop_consumer(held) == 0
+        line = next(e for e in log_events(held.log()) if e.get("event") == "registry_unavailable")
+        assert line["message"].startswith("the schema registry did not answer for schema id ") and (
+            f"{topic}[0] held at offset 1" in line["message"]), line["message"]
+        assert read_all(broker, topic + ".dlq") == [] and committed(broker, group, topic) == {0: 1}
+        assert [r["instance_id"] for r in stub.requests()] == [11]
 
 
 @pytest.mark.kafka
