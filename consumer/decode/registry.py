@@ -70,8 +70,14 @@ def registry_lookup(url: str, extra_config: Mapping[str, Any] | None = None) -> 
     from confluent_kafka.schema_registry import SchemaRegistryClient
     from confluent_kafka.schema_registry.error import SchemaRegistryError
 
+    conf = {**(extra_config or {}), "url": url}
     try:
-        client = SchemaRegistryClient({**(extra_config or {}), "url": url})
+        try:  # no retries inside the client: each would block the poll loop (the partition hold retries)
+            client = SchemaRegistryClient({**conf, "max.retries": 0})
+        except ValueError as exc:
+            if "max.retries" not in str(exc):
+                raise
+            client = SchemaRegistryClient(conf)  # confluent-kafka before 2.7: it has no retries of its own
     except (ValueError, TypeError, OSError) as exc:  # ssl.SSLError is an OSError: CA or certificate files
         raise ConfigError(f"ERP_SYNC_SCHEMA_REGISTRY_*: the schema registry client refuses its settings: "
                           f"{type(exc).__name__}: {exc}") from None

@@ -324,3 +324,27 @@ def test_a_registry_outage_holds_the_partition_and_dead_letters_nothing(
         assert read_all(broker, topic + ".dlq") == []
         for r in stub.requests():
             assert r["body"].encode() == body_of(r["instance_id"])
+
+
+def test_the_registry_lookup_tells_an_unknown_id_from_a_registry_that_does_not_answer() -> None:
+    from consumer.errors import RegistryUnavailable
+    from dev.harness import free_port
+
+    with RegistryStub() as registry:
+        client = SchemaRegistryClient({"url": registry.url})
+        known = schema_id(serialize(serializer(client, SCHEMA_JSON), unique("wf"), SPEC))
+        decoder = Decoder(writer_schema_lookup=registry_lookup(registry.url))
+        with pytest.raises(DecodeError) as unknown:  # the registry answers 404: the id itself
+            decoder.approved(confluent_frame(known + 1, encode(SPEC)))
+        assert unknown.value.code == "UnknownSchemaId"
+        registry.unavailable = True  # 503
+        before = len(registry.calls)
+        with pytest.raises(RegistryUnavailable) as down:
+            decoder.approved(confluent_frame(known, encode(SPEC)))
+        assert registry.calls[before:] == [f"GET /schemas/ids/{known}"]  # asked once: no retry blocks the loop
+        assert str(down.value) == (f"the schema registry answered HTTP 503 for schema id {known}: "
+                                   "Service Unavailable (stub.unavailable)")
+    refused = Decoder(writer_schema_lookup=registry_lookup(f"http://127.0.0.1:{free_port()}"))
+    with pytest.raises(RegistryUnavailable) as nobody:
+        refused.approved(confluent_frame(1, encode(SPEC)))
+    assert str(nobody.value).startswith("the schema registry did not answer for schema id 1: ConnectError")
