@@ -295,9 +295,20 @@ def start_consumer(env: dict[str, str], log_path: Path, args: Sequence[str] = ("
 
 
 def run_until_idle(env: dict[str, str], log_path: Path, idle_s: float = 1.0, timeout: float = 120) -> ConsumerProcess:
-    """Run ``erp-sync run --exit-when-idle`` to completion; assert it exited 0."""
+    """Run ``erp-sync run --exit-when-idle`` to completion; assert it exited 0.
+
+    Raises:
+        AssertionError: it exited otherwise, or did not exit within ``timeout`` s (then it is killed:
+            a failed test leaves no consumer running behind it).
+    """
     cp = start_consumer(env, log_path, ("run", "--exit-when-idle", str(idle_s)))
-    code = cp.wait(timeout)
+    try:
+        code = cp.wait(timeout)
+    except subprocess.TimeoutExpired:
+        cp.proc.kill()
+        cp.proc.wait(10)
+        tail = cp.log()[-4000:]
+        raise AssertionError(f"erp-sync run did not exit within {timeout} s (killed); log:\n{tail}") from None
     assert code == 0, f"erp-sync run exited {code}; log:\n{cp.log()[-4000:]}"
     return cp
 
