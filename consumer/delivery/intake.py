@@ -64,7 +64,7 @@ class Intake:
     def __init__(self, settings: Settings, assignment: Assignment, decoder: Decoder, routes: RouteTable,
                  endpoints: Endpoints, parking: Parking, settler: Settler, in_flight: InFlight, metrics: Metrics,
                  health: Health, errors: Throttle, offset_reset: str, on_fatal: Callable[[KafkaError], None],
-                 backpressure: Backpressure | None = None, consumer: Callable[[], Any] | None = None) -> None:
+                 backpressure: Backpressure, consumer: Callable[[], Any]) -> None:
         self.settings = settings
         self.assignment = assignment
         self.decoder = decoder
@@ -82,8 +82,8 @@ class Intake:
         """When the last record was fetched (monotonic s): idleness counts from it."""
         self._backpressure = backpressure
         self._consumer = consumer
-        self._registry_holds: dict[TP, tuple[PartitionState, int, float]] = {}
-        """Partitions held for the schema registry: their state, the held offset, when to ask again."""
+        self._registry_holds: dict[TP, tuple[PartitionState, float]] = {}
+        """Partitions held for the schema registry (held at ``state.refetch_from``): their state, when to ask again."""
         self._registry_log = Throttle(60.0)
 
     def handle(self, msg: Message) -> None:
@@ -146,9 +146,6 @@ class Intake:
         and its partition's next owner reads it: never lost, never dead-lettered for the registry.
         """
         state, offset = record.partition, record.offset
-        if self._backpressure is None or self._consumer is None:
-            self.settler.settle(record, Disposition.RETRY)
-            return
         consumer = self._consumer()
         try:
             consumer.seek(TopicPartition(state.topic, state.partition, offset))
@@ -159,7 +156,7 @@ class Intake:
             return
         self._backpressure.hold(consumer, [state.tp], "registry")
         state.refetch_from = offset
-        self._registry_holds[state.tp] = (state, offset, time.monotonic() + REGISTRY_HOLD_S)
+        self._registry_holds[state.tp] = (state, time.monotonic() + REGISTRY_HOLD_S)
         held = self._registry_log.allow("registry")
         if held is not None:
             log.warning("%s: %s held at offset %d, asked again every %.0f s (nothing is dead-lettered for it)%s",
@@ -170,12 +167,11 @@ class Intake:
 
     def release_registry_holds(self, now: float) -> None:
         """Let partitions held for the schema registry fetch their held record again (poll loop)."""
-        for tp, (state, _offset, until) in list(self._registry_holds.items()):
+        for tp, (state, until) in list(self._registry_holds.items()):
             if state.released:  # revoked or lost meanwhile: its next owner reads it
                 del self._registry_holds[tp]
             elif now >= until:
                 del self._registry_holds[tp]
-                assert self._backpressure is not None and self._consumer is not None
                 self._backpressure.unhold(self._consumer(), [tp], "registry")
 
     def _released(self, state: PartitionState, offset: int) -> bool:

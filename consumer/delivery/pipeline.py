@@ -114,6 +114,7 @@ class Pipeline:
         conf.update(error_cb=self._on_kafka_error, on_commit=self.committer.on_commit,
                     logger=logging.getLogger("librdkafka.consumer"))
         self._consumer_conf = conf
+        self._assignment_strategy = str(conf.get("partition.assignment.strategy", "range,roundrobin"))
         self._consumer_factory = consumer_factory
         self.consumer: Any = consumer_factory(conf)
         self.intake = Intake(settings, self.assignment, self.decoder, self.routes, self.endpoints, self.parking,
@@ -192,13 +193,11 @@ class Pipeline:
                                 on_revoke=self.rebalance.on_revoke, on_lost=self.rebalance.on_lost)
 
     def _check_retry_topics(self) -> None:
-        self.parking.check_topics(self.consumer, str(self._consumer_conf.get("partition.assignment.strategy",
-                                                                             "range,roundrobin")))
+        self.parking.check_topics(self.consumer, self._assignment_strategy)
 
     def _recheck_retry_topics(self, now: float) -> None:
-        if self.parking.recheck_due(now) and self.parking.check_topics(
-                self.consumer, str(self._consumer_conf.get("partition.assignment.strategy", "range,roundrobin")),
-                timeout_s=1.0, quiet=True):
+        if self.parking.recheck_due(now) and self.parking.check_topics(self.consumer, self._assignment_strategy,
+                                                                       timeout_s=1.0, quiet=True):
             self._subscribe()  # the retry topic joins the subscription: a rebalance assigns its partitions
 
     def recreate_consumer(self, waited_s: float) -> None:
