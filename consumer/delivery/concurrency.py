@@ -165,8 +165,7 @@ class ConcurrencyLimit:
                 if rtt - ref_rtt > GUARD_SLACK_S and rtt > ref_rtt * (1 + 0.5 * (self.limit / ref_limit - 1)):
                     if self._stalled(rtt):  # blind: back to safety, try again soon
                         return self._retreat(ref_limit, now)
-                    self._probe_failed(ref_limit)  # the extra pushes mostly wait: a queue, not more service
-                    return self._set(ref_limit, now)
+                    return self._probe_failed(ref_limit, now)  # the extra pushes mostly wait: a queue
         if now < self._phase_start:
             return  # the round trip after a change: answers still come at the rate of the former limit
         self._phase_answers += 1
@@ -193,33 +192,35 @@ class ConcurrencyLimit:
         self._phase_peak = self.in_flight
 
     def _cut(self, limit: float, now: float, why: str) -> None:
-        before = self.slots
         self._slow_start = self._probing = False
         self._ref = None  # measured again at the new limit
         self._hold = self._hold_phases
+        self._set_and_tell(limit, now, why)
+
+    def _set_and_tell(self, limit: float, now: float, why: str | None) -> None:
+        """Set the limit; a cut (``why`` given) is told to ``on_cut``."""
+        before = self.slots
         self._set(limit, now)
-        if self._on_cut is not None:
+        if why is not None and self._on_cut is not None:
             self._on_cut(before, self.slots, why)
 
     def _overloaded(self, code: str, now: float) -> None:
         why = f"the ERP answered {code} (overloaded)"
         if self._probing and self._ref is not None:  # the probe overloaded it: back to where it was measured
-            ref_limit = self._ref[0]
-            self._probe_failed(ref_limit)
-            before = self.slots
-            self._set(ref_limit, now)
-            if self._on_cut is not None:
-                self._on_cut(before, self.slots, why)
-            return
+            return self._probe_failed(self._ref[0], now, why)
         self._cut(self.limit * DECREASE_RATIO, now, why)
 
-    def _probe_failed(self, ref_limit: float) -> None:
-        """A probe from ``ref_limit`` bought nothing: the next waits longer each time this limit fails."""
+    def _probe_failed(self, ref_limit: float, now: float, why: str | None = None) -> None:
+        """A probe from ``ref_limit`` bought nothing: back to it, the next probe later each time it fails.
+
+        ``why``: the probe overloaded the ERP (a cut, told to ``on_cut``).
+        """
         self._hold_phases = min(MAX_HOLD_PHASES, self._hold_phases * 2) if self._failed_from == ref_limit \
             else HOLD_PHASES
         self._failed_from = ref_limit
         self._slow_start = self._probing = False
         self._hold = self._hold_phases
+        self._set_and_tell(ref_limit, now, why)
 
     def _end_phase(self, now: float) -> None:
         rtt = self._phase_rtt / self._phase_answers
@@ -245,8 +246,7 @@ class ConcurrencyLimit:
                     return self._set(max(ref_limit, knee), now)
                 self._ref = (self.limit, rate, rtt)
                 return self._probe(now)
-            self._probe_failed(ref_limit)  # no more served: back to the measured limit
-            return self._set(ref_limit, now)
+            return self._probe_failed(ref_limit, now)  # no more served: back to the measured limit
         if self._ref is not None and rtt > self._ref[2] * (1 + LATENCY_GUARD) and rtt - self._ref[2] > GUARD_SLACK_S:
             ref_rtt = self._ref[2]
             return self._cut(self.limit * ref_rtt / rtt, now,
