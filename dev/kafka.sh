@@ -43,15 +43,8 @@ BOOTSTRAP="$KAFKA_HOST:$KAFKA_PORT"
 log() { printf '[kafka.sh:%s] %s\n' "$KAFKA_PORT" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-find_java() {
-  if [[ -n "${JAVA_HOME:-}" && -x "$JAVA_HOME/bin/java" ]]; then
-    JAVA="$JAVA_HOME/bin/java"
-  elif command -v java >/dev/null 2>&1; then
-    JAVA="$(command -v java)"
-  else
-    die "java not found (need Java 17+ on PATH or JAVA_HOME)"
-  fi
-}
+# shellcheck source=dev/java.sh
+source "$SCRIPT_DIR/java.sh"  # find_java
 
 validate_env() {
   [[ "$KAFKA_PORT" =~ ^[0-9]+$ ]] || die "KAFKA_PORT must be a number: $KAFKA_PORT"

@@ -32,11 +32,8 @@ die() { log "ERROR: $*"; exit 1; }
 [[ "$REGISTRY_PORT" =~ ^[0-9]+$ ]] || die "REGISTRY_PORT must be a number: $REGISTRY_PORT"
 [[ "$REGISTRY_START_TIMEOUT_SECONDS" =~ ^[0-9]+$ ]] || die "REGISTRY_START_TIMEOUT_SECONDS must be a number"
 
-find_java() {
-  if [[ -n "${JAVA_HOME:-}" && -x "$JAVA_HOME/bin/java" ]]; then JAVA="$JAVA_HOME/bin/java"
-  elif command -v java >/dev/null 2>&1; then JAVA="$(command -v java)"
-  else die "java not found (need Java 17+ on PATH or JAVA_HOME)"; fi
-}
+# shellcheck source=dev/java.sh
+source "$SCRIPT_DIR/java.sh"  # find_java
 
 # the build is keyed by the content of dev/registry/: an edit there builds again
 source_hash() { (cd "$SRC" && find . -type f -print0 | sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-12; }
