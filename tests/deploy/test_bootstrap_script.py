@@ -191,7 +191,8 @@ touch "$out/kafka_2.13-4.1.1.jar" "$out/kafka-clients-4.1.1.jar"
 
 def test_the_kafka_jars_download_says_so_once(tree: Tree) -> None:
     cache = Path(tree.env["ERP_SYNC_CACHE_DIR"])
-    _write(tree.root / "dev" / "kafka.sh", (REPO_ROOT / "dev" / "kafka.sh").read_text())
+    for name in ("kafka.sh", "java.sh"):  # kafka.sh sources java.sh
+        _write(tree.root / "dev" / name, (REPO_ROOT / "dev" / name).read_text())
     (tree.root / "dev" / "pom.xml").write_text((REPO_ROOT / "dev" / "pom.xml").read_text())
     _write(tree.bin / "mvn", FAKE_MVN)
     env = {**tree.env, "PATH": f"{tree.bin}:{os.environ['PATH']}", "KAFKA_VERSION": "4.1.1", "KAFKA_PORT": "9092"}
