@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.deploy.script_tree import write_executable
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 UV_VERSION = "0.0.1"
 REAL_TOOLS = ("basename", "bash", "cat", "chmod", "cut", "date", "dirname", "flock", "mkdir", "rm", "sed", "sha256sum",
@@ -58,23 +60,17 @@ class Tree:
                               env={**self.env, **env}, capture_output=True, text=True, timeout=30)
 
 
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    path.chmod(0o755)
-
-
 @pytest.fixture
 def tree(tmp_path: Path) -> Tree:
     """A repository copy whose venv is installed already (warm), with fakes on PATH."""
     root, fake_bin, cache = tmp_path / "repo", tmp_path / "bin", tmp_path / "cache"
     for name in ("bootstrap.sh", "uv.sh"):
-        _write(root / "scripts" / name, (REPO_ROOT / "scripts" / name).read_text())
+        write_executable(root / "scripts" / name, (REPO_ROOT / "scripts" / name).read_text())
     for name in ("pyproject.toml", "uv.lock", "consumer/decode/avro_v1.py"):
-        _write(root / name, f"stand-in for {name}\n")
-    _write(root / "requirements" / "uv.txt", f"uv=={UV_VERSION} \\\n    --hash=sha256:00\n")
-    _write(cache / f"uv-{UV_VERSION}" / "bin" / "uv", FAKE_RECORDER)
-    _write(root / ".venv" / "bin" / "python", "#!/bin/sh\n")
+        write_executable(root / name, f"stand-in for {name}\n")
+    write_executable(root / "requirements" / "uv.txt", f"uv=={UV_VERSION} \\\n    --hash=sha256:00\n")
+    write_executable(cache / f"uv-{UV_VERSION}" / "bin" / "uv", FAKE_RECORDER)
+    write_executable(root / ".venv" / "bin" / "python", "#!/bin/sh\n")
     want = hashlib.sha256(b"".join((root / n).read_bytes()
                                    for n in ("pyproject.toml", "uv.lock", "consumer/decode/avro_v1.py"))).hexdigest()
     (root / ".venv" / ".erp-sync-installed").write_text(want + "\n")
@@ -83,10 +79,10 @@ def tree(tmp_path: Path) -> Tree:
         assert found, tool
         (fake_bin.parent / "tools").mkdir(exist_ok=True)
         (fake_bin.parent / "tools" / tool).symlink_to(found)
-    _write(fake_bin / "apt-get", FAKE_APT_GET)
-    _write(fake_bin / "id", '#!/usr/bin/env bash\necho "id $*" >>"$FAKE_CALLS"; echo 0\n')
+    write_executable(fake_bin / "apt-get", FAKE_APT_GET)
+    write_executable(fake_bin / "id", '#!/usr/bin/env bash\necho "id $*" >>"$FAKE_CALLS"; echo 0\n')
     for name in ("java", "mvn", "pkill", "killall"):
-        _write(fake_bin / name, FAKE_RECORDER)
+        write_executable(fake_bin / name, FAKE_RECORDER)
     env = {"PATH": f"{fake_bin}:{fake_bin.parent / 'tools'}", "HOME": str(tmp_path), "ERP_SYNC_CACHE_DIR": str(cache),
            "FAKE_CALLS": str(tmp_path / "calls"), "FAKE_BIN": str(fake_bin),
            "ERP_SYNC_POLICY_RC_D": str(tmp_path / "policy-rc.d")}
@@ -108,7 +104,7 @@ def test_prometheus_is_installed_with_no_service_started_and_nothing_killed(tree
 
 def test_an_existing_policy_rc_d_is_left_as_it_is(tree: Tree) -> None:
     admins = "#!/bin/sh\n# the administrator's\nexit 0\n"
-    _write(tree.policy, admins)
+    write_executable(tree.policy, admins)
     run = tree.run("--with-tools")
     assert run.returncode == 0, run.stderr
     assert tree.calls()[2:] == ["apt-get install -y -qq prometheus", "policy-rc.d prometheus start: 0"]
@@ -125,7 +121,7 @@ def test_the_policy_is_removed_when_apt_get_fails(tree: Tree) -> None:
 
 def test_nothing_to_install_nothing_called(tree: Tree) -> None:
     for tool in ("promtool", "prometheus"):
-        _write(tree.bin / tool, "#!/bin/sh\n")
+        write_executable(tree.bin / tool, "#!/bin/sh\n")
     run = tree.run("--with-tools")
     assert (run.returncode, run.stdout, run.stderr) == (0, "", "")
     assert tree.calls() == []
@@ -154,7 +150,7 @@ def test_a_first_run_says_what_it_installs_phase_by_phase_and_a_warm_run_nothing
     cache = Path(tree.env["ERP_SYNC_CACHE_DIR"])
     shutil.rmtree(tree.root / ".venv")
     shutil.rmtree(cache / f"uv-{UV_VERSION}")
-    _write(tree.bin / "python3", FAKE_PYTHON3)
+    write_executable(tree.bin / "python3", FAKE_PYTHON3)
     tree.env["PATH"] = f"{tree.bin}:{os.environ['PATH']}"
     cold = tree.run()
     assert cold.returncode == 0, cold.stderr
@@ -192,9 +188,9 @@ touch "$out/kafka_2.13-4.1.1.jar" "$out/kafka-clients-4.1.1.jar"
 def test_the_kafka_jars_download_says_so_once(tree: Tree) -> None:
     cache = Path(tree.env["ERP_SYNC_CACHE_DIR"])
     for name in ("kafka.sh", "java.sh"):  # kafka.sh sources java.sh
-        _write(tree.root / "dev" / name, (REPO_ROOT / "dev" / name).read_text())
+        write_executable(tree.root / "dev" / name, (REPO_ROOT / "dev" / name).read_text())
     (tree.root / "dev" / "pom.xml").write_text((REPO_ROOT / "dev" / "pom.xml").read_text())
-    _write(tree.bin / "mvn", FAKE_MVN)
+    write_executable(tree.bin / "mvn", FAKE_MVN)
     env = {**tree.env, "PATH": f"{tree.bin}:{os.environ['PATH']}", "KAFKA_VERSION": "4.1.1", "KAFKA_PORT": "9092"}
 
     def fetch() -> subprocess.CompletedProcess[str]:
@@ -215,7 +211,7 @@ def test_the_kafka_jars_download_says_so_once(tree: Tree) -> None:
 
 def test_what_a_fresh_debian_lacks_is_named_with_its_packages_before_anything_is_installed(tree: Tree) -> None:
     shutil.rmtree(tree.root / ".venv")
-    _write(tree.bin / "python3", FAKE_PYTHON3)
+    write_executable(tree.bin / "python3", FAKE_PYTHON3)
     tree.env["PATH"] = f"{tree.bin}:{os.environ['PATH']}"
     run = tree.run(FAKE_MISSING="venv dev", CC="no-such-gcc -pthread")
     assert run.returncode == 1

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.deploy.script_tree import write_executable
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 FAKE_BOOTSTRAP = """#!/usr/bin/env bash
@@ -81,21 +83,15 @@ class Demo:
         return int((self.fake / "stub.pid").read_text())
 
 
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    path.chmod(0o755)
-
-
 @pytest.fixture
 def demo(tmp_path: Path) -> Demo:
     root, fake, cache, venv = tmp_path / "repo", tmp_path / "fake", tmp_path / "cache", tmp_path / "venv"
     (root / "scripts").mkdir(parents=True)
     shutil.copy(REPO_ROOT / "scripts" / "demo.sh", root / "scripts" / "demo.sh")
-    _write(root / "scripts" / "bootstrap.sh", FAKE_BOOTSTRAP)
-    _write(root / "dev" / "kafka.sh", FAKE_KAFKA)
-    _write(venv / "bin" / "erp-sync", FAKE_ERP_SYNC)
-    _write(venv / "bin" / "python", FAKE_PYTHON)
+    write_executable(root / "scripts" / "bootstrap.sh", FAKE_BOOTSTRAP)
+    write_executable(root / "dev" / "kafka.sh", FAKE_KAFKA)
+    write_executable(venv / "bin" / "erp-sync", FAKE_ERP_SYNC)
+    write_executable(venv / "bin" / "python", FAKE_PYTHON)
     (fake / "www" / "_stub").mkdir(parents=True)
     (fake / "www" / "_stub" / "health").write_text("ok\n")
     (fake / "tmp").mkdir()
