@@ -13,6 +13,7 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -69,17 +70,35 @@ def hang(stub: StubClient, instance_ids: list[int]) -> None:
                           for iid in instance_ids])
 
 
-def test_kill_9_pushes_again_only_the_pushes_in_flight(broker: Broker, erp: ErpStub, stub: StubClient,
-                                                       procs: list[ConsumerProcess], tmp_path: Path) -> None:
-    n, partitions = 300, 2
-    topic, _dlq, group = new_topics(broker, "dups-kill", partitions)
-    evs = approved(n, seed=1401)
+def scenario(broker: Broker, name: str, partitions: int, seed: int) -> tuple[
+        str, str, dict[int, tuple[int, int]], dict[int, Any], dict[int, list[int]]]:
+    """300 approved records on ``partitions`` partitions.
+
+    Returns:
+        The topic, the group, where each instance landed (partition, offset), its expected ERP request,
+        and each partition's instances in offset order.
+    """
+    topic, _dlq, group = new_topics(broker, name, partitions)
+    evs = approved(300, seed=seed)
     placed = produce(broker, topic, [record(e) for e in evs])
     where = {e["instance_id"]: placed[i] for i, e in enumerate(evs)}
     expected = {e["instance_id"]: transform.erp_request(e) for e in evs}
+    by_partition = {p: sorted((iid for iid, (pp, _o) in where.items() if pp == p), key=lambda i: where[i][1])
+                    for p in range(partitions)}
+    return topic, group, where, expected, by_partition
+
+
+def answered_ok(stub: StubClient) -> set[int]:
+    """Instances the ERP accepted, the hung requests left out."""
+    return {r["instance_id"] for r in stub.requests() if r["code"] == "OK" and r["request_id"] != "HANG"}
+
+
+def test_kill_9_pushes_again_only_the_pushes_in_flight(broker: Broker, erp: ErpStub, stub: StubClient,
+                                                       procs: list[ConsumerProcess], tmp_path: Path) -> None:
+    partitions = 2
+    topic, group, where, expected, by_offset = scenario(broker, "dups-kill", partitions, 1401)
+    n = len(expected)
     # early records of both partitions hang: their partitions' contiguous commit stays behind them
-    by_offset = {p: sorted((iid for iid, (pp, _o) in where.items() if pp == p), key=lambda i: where[i][1])
-                 for p in range(partitions)}
     hung = [by_offset[0][3], by_offset[0][10], by_offset[1][5]]
     hang(stub, hung)
     env = env_for(broker, erp, topic, group, ERP_SYNC_ERP_TIMEOUT_SECONDS="300",
@@ -89,8 +108,7 @@ def test_kill_9_pushes_again_only_the_pushes_in_flight(broker: Broker, erp: ErpS
     done_elsewhere = {where[iid] for iid in expected if iid not in hung}
 
     def everything_else_done_and_committed() -> bool:
-        accepted = {r["instance_id"] for r in stub.requests() if r["code"] == "OK" and r["request_id"] != "HANG"}
-        if accepted != set(expected) - set(hung):
+        if answered_ok(stub) != set(expected) - set(hung):
             return False
         floors = committed_with_metadata(broker, group, topic, partitions)
         beyond = finished_beyond_commit(broker, group, topic, partitions)
@@ -130,14 +148,9 @@ def test_kill_9_pushes_again_only_the_pushes_in_flight(broker: Broker, erp: ErpS
 
 def test_a_member_joining_then_leaving_pushes_again_only_the_pushes_in_flight(
         broker: Broker, erp: ErpStub, stub: StubClient, procs: list[ConsumerProcess], tmp_path: Path) -> None:
-    n, partitions = 300, 4
-    topic, _dlq, group = new_topics(broker, "dups-rebalance", partitions)
-    evs = approved(n, seed=1402)
-    placed = produce(broker, topic, [record(e) for e in evs])
-    where = {e["instance_id"]: placed[i] for i, e in enumerate(evs)}
-    expected = {e["instance_id"]: transform.erp_request(e) for e in evs}
-    by_partition = {p: sorted((iid for iid, (pp, _o) in where.items() if pp == p), key=lambda i: where[i][1])
-                    for p in range(partitions)}
+    partitions = 4
+    topic, group, _where, expected, by_partition = scenario(broker, "dups-rebalance", partitions, 1402)
+    n = len(expected)
     hung = [by_partition[p][2] for p in range(partitions)]  # one early record of every partition hangs
     hang(stub, hung)
     def env() -> dict[str, str]:  # each member its own metrics port
@@ -148,8 +161,7 @@ def test_a_member_joining_then_leaving_pushes_again_only_the_pushes_in_flight(
     procs.append(a)
 
     def the_others_accepted() -> bool:
-        return {r["instance_id"] for r in stub.requests()
-                if r["code"] == "OK" and r["request_id"] != "HANG"} == set(expected) - set(hung)
+        return answered_ok(stub) == set(expected) - set(hung)
 
     wait_until("every record but the hung ones accepted", the_others_accepted, 120, poll_s=0.2, proc=a)
     stub.behaviour()  # from now on the ERP answers; A's hung requests stay hung
@@ -160,8 +172,7 @@ def test_a_member_joining_then_leaving_pushes_again_only_the_pushes_in_flight(
     assert rc_a == 0, a.log()[-3000:]
 
     def all_accepted() -> bool:
-        return {r["instance_id"] for r in stub.requests() if r["code"] == "OK" and r["request_id"] != "HANG"} \
-            == set(expected)
+        return answered_ok(stub) == set(expected)
 
     wait_until("B delivered the records A left in flight", all_accepted, 120, poll_s=0.2, proc=b)
     rc_b, _ = sigterm_and_wait(b, 20 + SLACK_S)
