@@ -63,7 +63,7 @@ class OAuth2Bearer:
     Authlib's ``AsyncOAuth2Client`` (an ``httpx.AsyncClient`` for the token endpoint only) fetches the
     token: client authentication (``client_secret_basic``, or ``client_secret_post``), the form, the
     error responses (``invalid_client``…) and the expiry bookkeeping are the library's. The pushes
-    stay ``httpx.Request`` objects sent through the ERP transport; this class only gives them the header.
+    go through the ERP client's own sender (:mod:`.http`); this class only gives them the header.
     Concurrent pushes share one token and one fetch (a lock); a token is fetched again when it
     expires within :data:`OAUTH2_LEEWAY_S` s, or when the ERP answered 401 to it (:meth:`refresh`).
 
