@@ -23,7 +23,6 @@ from confluent_kafka import KafkaException
 from . import __version__, logs, ops
 from .errors import ConfigError
 from .kafka import error_text
-from .ops.topics import cmd_create_topics
 from .routes import load_routes
 from .settings import Settings, load_settings, validate_kafka_config
 
@@ -125,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     topics.add_argument("--partitions", type=int, default=6)
     topics.add_argument("--dlq-partitions", type=int, default=1)
     topics.add_argument("--replication-factor", type=int, default=1)
-    topics.set_defaults(func=ops.guarded("create-topics", cmd_create_topics))
+    topics.set_defaults(func=ops.guarded("create-topics", ops.command("topics", "cmd_create_topics")))
 
     check = sub.add_parser("check-config", help="validate the configuration and print it with secrets redacted")
     check.add_argument("--connect", action="store_true",

@@ -283,11 +283,14 @@ def encode_body(body: Mapping[str, Any]) -> bytes:
             UTF-8) or ``InvalidJson`` (nesting deeper than orjson's 255 levels).
     """
     try:
-        return orjson.dumps(body)
+        encoded = orjson.dumps(body)
     except (orjson.JSONEncodeError, TypeError) as exc:
         text = str(exc)
         code = "InvalidString" if "surrogates" in text or "UTF-8" in text else "InvalidJson"
         raise ValidationError(code, f"body cannot be encoded as JSON: {text}") from exc
+    # orjson hands back its whole output buffer (4 KB from the allocator for a 300-byte body) and
+    # every body waits in memory until its push: keep an exact-size copy (RSS, issue 14)
+    return bytes(memoryview(encoded))
 
 
 def erp_request(event: Mapping[str, Any]) -> tuple[bytes, str]:

@@ -105,6 +105,7 @@ import httpx
 import orjson
 from aiohttp import web
 
+from ..delivery.dispatch import new_event_loop
 from ..erp.verdict import verdict
 from ..transform import INT64_MAX, INT64_MIN, VARIABLE_TYPES
 
@@ -1283,7 +1284,10 @@ def main(
         raise ValueError("capacity must be >= 1 (or None for unlimited)")
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(_serve_forever(host, port, latency_ms, max_records, capacity))
+    # libuv's loop, as the consumer's push loop: less CPU per push, so on a shared benchmark machine
+    # the stub takes less of the cores the consumers are measured on (bench/, issue 14)
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(_serve_forever(host, port, latency_ms, max_records, capacity))
 
 
 def _cli(argv: Sequence[str] | None = None) -> None:

@@ -564,24 +564,3 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     if summary.error:
         raise ToolError(summary.error)
     return 1 if any(r.failed for r in summary.letters) else 0
-
-
-DLQ_REPLAY_HELP = """\
-Re-push the dead letters of the dead-letter topic (ERP_SYNC_DLQ_TOPIC, default <topic>.dlq) once the
-cause is fixed, the way `erp-sync run` pushes (ERP_SYNC_MAX_IN_FLIGHT at once, one at a time per key;
---max-in-flight, --max-requests-per-second). The group <group>.dlq-replay remembers what is done: its
-committed offset is the first dead letter not done, and the commit's metadata names the ones done
-beyond it, so a run reads from there and passes over what an earlier run finished. A letter is done
-once accepted, skipped (not APPROVED), or written back after failing for a new reason.
-
-A letter that fails again for the same reason (same erp_sync.error.class and .code) is NOT written
-back: it stays in place, reported "still failing: same reason", and is tried again by the next run
-(the DLQ does not grow however often you replay). One that fails for a new reason is written back
-with its original headers and erp_sync.original.* unchanged, fresh erp_sync.error.* headers,
-erp_sync.attempts (ERP attempts so far) and erp_sync.replays (times replayed); the old one is done.
-Letters written back by a run wait for the next run.
-
---class: replay only dead letters of that class; the others stay in place (not done) for a run
-without --class. --dry-run pushes, writes and commits nothing.
-Exit codes: 0 all replayed; 1 some still fail (left in place or written back) or Kafka failed;
-2 bad options."""

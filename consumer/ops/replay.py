@@ -321,19 +321,3 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if summary.error:
         raise ToolError(summary.error)
     return 1 if summary.failed else 0
-
-
-REPLAY_HELP = """\
-Re-push the approved records of ERP_SYNC_TOPIC whose Kafka timestamp is in [--from, --to) (for the day
-the ERP lost data), or only the chosen InstanceIds in that window. The group's committed offsets are
-not touched (a separate, group-less reader), so it can run while `erp-sync run` does. Each record is
-pushed with its usual Idempotency-Key until the ERP accepts or rejects it (retry answers back off),
-the way `erp-sync run` pushes: ERP_SYNC_MAX_IN_FLIGHT records at once (--max-in-flight), one at a
-time per Kafka key (the InstanceId when a record has no key), at most
-ERP_SYNC_ERP_MAX_REQUESTS_PER_SECOND requests/s (--max-requests-per-second; 0: no limit).
-Rejected, undecodable and invalid records are listed in the summary and are NOT written to the
-dead-letter topic. A progress bar (rate, time left) goes to stderr, the summary to stdout.
-
-Times are ISO 8601 (2024-05-01T08:00:00Z, 2024-05-01T10:00+02:00); without a time zone: UTC.
-Exit codes: 0 all delivered; 1 some records failed (listed) or Kafka failed; 2 bad options."""
-

@@ -234,16 +234,3 @@ def _dlq_letters(cluster: Cluster, settings: Settings) -> int | None:
         return sum(high - low for low, high in cluster.watermarks(settings.dead_letter_topic, parts).values())
     except ToolError:
         return None
-
-
-RESET_HELP = """\
-Move the committed offsets of ERP_SYNC_GROUP_ID on ERP_SYNC_TOPIC: the topic replay. A dry run by
-default: it prints, per partition, current → new offset and how many records will be re-read (new
-below current; approved ones are pushed again, with the same Idempotency-Key) or skipped (new above
-current). New offsets are clamped to [low, high] watermarks. --execute applies them.
-
-The dry run works at any time (while consumers run it says so: the current offsets move).
---execute is refused (exit 2) while the group has active members, named in the message: stop every
-`erp-sync run` of the group first (scale the Deployment to 0), reset, then start them again.
-Records re-read that were dead-lettered before are dead-lettered again (a second copy in the DLQ)."""
-

@@ -529,20 +529,3 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(format_status(report))
     return 0
-
-
-STATUS_HELP = """\
-Per partition of ERP_SYNC_TOPIC (the first one when it lists several), for the group
-ERP_SYNC_GROUP_ID: the committed offset, the high watermark, the lag (messages) and the lag in
-seconds (age of the record at the committed offset; 0 when caught up), and the member that owns the
-partition (its member id: consumers on one host share a client id). The same per partition of each
-source topic's retry topic (ERP_SYNC_RETRY_TOPIC, <topic>.retry: parked records, read by the same
-group), or a line saying it does not exist. Then the group's state and active members (member id,
-client id, host, partitions); a consumer that died without leaving is still listed until its session
-times out (session.timeout.ms). Then the dead-letter topic: letters stored, written in the last hour
-and 24 h, and not replayed yet by `erp-sync dlq replay` (its group's position). Then each route
-(ERP_SYNC_ROUTES_FILE, or ERP_SYNC_ERP_URL): its URL, and `delivering` or `parked (N records, oldest
-X ago, deadline in Y)` (or the retry topic's retention, when sooner), counted from the retry topics
-(at most 100,000 records per partition, 10 s; beyond that "at least"). The circuit state of a route
-lives in the consumers (metric erp_sync_route_circuit_open{route}): status sees only what is in
-Kafka. Reads only: it never joins the group."""

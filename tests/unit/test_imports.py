@@ -101,3 +101,18 @@ def test_the_runtime_check_would_see_kafka_and_http() -> None:
 def test_run_does_not_load_httpx() -> None:
     """httpx carries only unit tests' MockTransport: 12 MB less resident memory in `erp-sync run`."""
     assert "httpx" not in loaded_by("import consumer.app, consumer.delivery.pipeline, consumer.erp.client")
+
+
+def test_the_command_line_loads_no_tool_and_no_httpx_before_a_command_runs() -> None:
+    """`erp-sync run` builds the whole parser: the tools' modules (and httpx, which they use) load only
+    when their command runs."""
+    loaded = loaded_by("import consumer.cli; consumer.cli.build_parser()")
+    assert "httpx" not in loaded
+    assert sorted(m for m in loaded if m.startswith("consumer.ops.")) == ["consumer.ops.help"]
+
+
+def test_a_tool_command_loads_its_module_when_it_runs() -> None:
+    # a topic name Kafka refuses: the command's module loads, reads the settings and exits 2
+    loaded = loaded_by("import os, consumer.cli; os.environ['ERP_SYNC_TOPIC'] = 'a b'; "
+                       "assert consumer.cli.main(['create-topics']) == 2")
+    assert {"consumer.ops.topics", "consumer.ops.cluster"} <= loaded

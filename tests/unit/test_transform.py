@@ -542,3 +542,21 @@ def test_huge_integer_inside_an_object_is_sent_digit_for_digit() -> None:
     body, _ = transform.erp_request(event)
     assert body.endswith(b'"VariableInfos":{"X":{"Type":"object","Value":{"a":' + BIG.encode()
                          + b',"b":-' + BIG.encode() + b"}}}}")
+
+
+def test_an_encoded_body_holds_no_more_memory_than_its_bytes() -> None:
+    """orjson returns its whole 4 KB output buffer for a 300-byte body; every approved record keeps its
+    body until its push (ERP_SYNC_MAX_BUFFERED_RECORDS of them): 20 MB at 5,000 (issue 14, RSS)."""
+    import tracemalloc
+
+    body = transform.to_erp_body(spec_example_event())
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [transform.encode_body(body) for _ in range(1000)]
+        per_body = (tracemalloc.get_traced_memory()[0] - before) / len(kept)
+    finally:
+        tracemalloc.stop()
+    assert kept[0] == orjson.dumps(body)
+    assert len(kept[0]) == 305
+    assert per_body < len(kept[0]) + 100, f"{per_body:.0f} bytes held per {len(kept[0])}-byte body"
