@@ -13,12 +13,13 @@ followed. The poll loop stays on its own thread and talks to this one with :meth
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Hashable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hashable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -42,6 +43,52 @@ R = TypeVar("R")
 log = logging.getLogger(__name__)
 
 
+class Slot:
+    """The push slot a running task holds: a place in its limiter (a route's concurrency, or the dispatcher's).
+
+    ``held`` is False while the task has given it back (:func:`slot_given_back`).
+    """
+
+    __slots__ = ("limiter", "held")
+
+    def __init__(self, limiter: AbstractAsyncContextManager[Any]) -> None:
+        self.limiter = limiter
+        self.held = False
+
+    async def acquire(self) -> None:
+        """Wait for a place in the limiter (first come, first served)."""
+        await self.limiter.__aenter__()
+        self.held = True
+
+    async def release(self) -> None:
+        """Give the place back (nothing when not held)."""
+        if self.held:
+            self.held = False
+            await self.limiter.__aexit__(None, None, None)
+
+
+_SLOT: contextvars.ContextVar[Slot | None] = contextvars.ContextVar("push_slot", default=None)
+"""The slot of the task running on this asyncio task (set by :meth:`KeyedDispatcher._run_chain`)."""
+
+
+@asynccontextmanager
+async def slot_given_back() -> AsyncIterator[None]:
+    """Give the running task's push slot back for the block, and wait for one again after it.
+
+    For a wait that concerns one record only (its own backoff after a *retry* answer): the slot
+    goes to the next record of another key meanwhile, so one record the ERP cannot take never
+    holds a route's concurrency (with a limit of 1, it would hold the whole route). The key's later
+    records still wait: they run on this task, after it. Outside a dispatcher task: no effect.
+    """
+    slot = _SLOT.get()
+    if slot is None or not slot.held:
+        yield
+        return
+    await slot.release()
+    yield  # raised out of (cancelled at shutdown): the task ends without a slot, nothing to give back
+    await slot.acquire()
+
+
 class KeyedDispatcher(Generic[T]):
     """Runs ``await handler(task)`` for submitted tasks with per-key serial order.
 
@@ -49,6 +96,7 @@ class KeyedDispatcher(Generic[T]):
     concurrency, so one route's waiting pushes never hold another's slots), else the dispatcher's.
     A task that ``at_turn`` settles when its turn in its key's order comes takes no slot: a record
     parked at its turn does not wait behind pushes that hold every slot while their ERP is down.
+    A running task can give its slot back while it waits alone (:func:`slot_given_back`).
 
     Args:
         max_in_flight: tasks running at once when no limiter is given (a semaphore over all keys).
@@ -143,16 +191,20 @@ class KeyedDispatcher(Generic[T]):
         assert self._semaphore is not None
         while True:
             if not self._done_at_turn(task):
-                async with limiter or self._semaphore:
-                    self.running += 1
-                    try:
-                        await self._handler(task)
-                    except asyncio.CancelledError:
-                        raise
-                    except BaseException as exc:  # noqa: BLE001 - reported, never lost
-                        self._report(task, exc)
-                    finally:
-                        self.running -= 1
+                slot = Slot(limiter or self._semaphore)
+                await slot.acquire()
+                token = _SLOT.set(slot)  # this asyncio task's own context: see slot_given_back()
+                self.running += 1
+                try:
+                    await self._handler(task)
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - reported, never lost
+                    self._report(task, exc)
+                finally:
+                    self.running -= 1
+                    _SLOT.reset(token)
+                    await slot.release()
             queue = self._queues[key]
             if not queue:
                 del self._queues[key]

@@ -25,6 +25,7 @@ from ..erp.verdict import Outcome, Verdict, speaks_for_endpoint
 from ..logs import Throttle, plural
 from ..metrics import Metrics
 from .concurrency import ConcurrencyLimit
+from .dispatch import slot_given_back
 from .retry import RateLimiter, SharedBackoff, record_delay
 
 PARK = "park"
@@ -187,7 +188,9 @@ class Pusher:
                 if observer is not None:
                     observer.retrying(result, wait, own_retries, context)
                 give_up = stop if stop_retrying is None else (lambda: stop() or stop_retrying())
-                if not await _sleep(wait, give_up):
+                async with slot_given_back():  # it waits alone: its push slot goes to the others meanwhile
+                    waited = await _sleep(wait, give_up)
+                if not waited:
                     return given_up()
             if budget.over(first_failure_ms):
                 return given_up()

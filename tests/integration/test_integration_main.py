@@ -306,6 +306,36 @@ def test_retry_then_accept_honours_retry_after(broker: Broker, erp: ErpStub, stu
     assert_committed_to_end(broker, group, topic, log=log)
 
 
+def test_a_record_the_erp_keeps_failing_does_not_hold_the_only_push_slot(broker: Broker, erp: ErpStub,
+                                                                           stub: StubClient, tmp_path: Path) -> None:
+    """ERP_SYNC_MAX_IN_FLIGHT=1 (an adaptive limit can be cut to 1 too) and an ERP that answers
+    InternalError to one record for good: while that record waits out its own backoff, the 20 records
+    of other keys behind it are pushed. (A new user's trial: 0 of 20 pushed in 2 minutes, the log
+    saying "the others go on".) The failing record stays unfinished: the commit stays below it."""
+    topic, dlq, group = new_topics(broker, "oneslot")
+    bad = event(6_150_000_000_000_000_000)
+    good = [event(6_150_000_000_000_000_001 + i) for i in range(20)]
+    stub.behaviour(rules=[{"instance_id": bad["instance_id"],
+                           "response": {"code": "InternalError", "message": "this one, for good"}}])
+    produce(broker, topic, [record(bad), *(record(ev) for ev in good)])
+    cp = start_consumer(env_for(broker, erp, topic, group, ERP_SYNC_MAX_IN_FLIGHT="1"), tmp_path / "run.log")
+    try:
+        deadline = time.monotonic() + 30
+        while len([r for r in stub.requests() if r["code"] == "OK"]) < len(good):
+            assert cp.proc.poll() is None and time.monotonic() < deadline, cp.log()[-3000:]
+            time.sleep(0.2)
+    finally:
+        cp.proc.terminate()
+        code = cp.wait(30)
+    assert code == 0, cp.log()[-3000:]
+    reqs = stub.requests()
+    assert instance_ids([r for r in reqs if r["code"] == "OK"]) == [ev["instance_id"] for ev in good]
+    bad_codes = [r["code"] for r in reqs if r["instance_id"] == bad["instance_id"]]
+    assert bad_codes and set(bad_codes) == {"InternalError"}, bad_codes
+    assert read_all(broker, dlq) == []
+    assert committed(broker, group, topic, 1) == {0: OFFSET_INVALID}  # the failing record is at offset 0
+
+
 # ------------------------------------------------------------------------------------------ 5
 
 

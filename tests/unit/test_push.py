@@ -193,3 +193,49 @@ def test_a_record_answered_retry_past_its_budget_stops_to_be_parked_or_dead_lett
     healthy = Pusher(client(ok), fast_backoff())
     late = asyncio.run(healthy.push(b"{}", "k", lambda: False, budget=Budget(first_failure_ms=old, deadline_s=5.0)))
     assert late.verdict is not None and late.verdict.outcome is Outcome.ACCEPTED  # tried once: accepted
+
+
+def test_a_record_waiting_alone_gives_its_push_slot_to_the_other_keys() -> None:
+    """One push slot (ERP_SYNC_MAX_IN_FLIGHT=1, or an adaptive limit cut to 1) and an ERP that answers
+    InternalError to one record for good while it accepts the others: while that record waits out its
+    own backoff, the other keys are pushed. (Found by a new user's trial: the record kept its slot
+    through every wait, and 0 of 20 records behind it were pushed in 2 minutes.)"""
+    import threading
+
+    from consumer.delivery.dispatch import KeyedDispatcher
+
+    accepted: list[bytes] = []
+    bad_tries: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.content == b"bad":
+            bad_tries.append(time.monotonic())
+            return error("InternalError")
+        accepted.append(request.content)
+        return ok(request)
+
+    pusher = Pusher(client(handler), SharedBackoff(0.3, 0.3))
+    stopping = threading.Event()
+    ended: dict[bytes, str | None] = {}
+
+    async def push(body: bytes) -> None:
+        result = await pusher.push(body, body.decode(), stopping.is_set)
+        ended[body] = result.verdict.code if result.verdict is not None else None
+
+    def crashed(body: bytes, exc: BaseException) -> None:
+        ended[body] = repr(exc)
+
+    dispatcher: KeyedDispatcher[bytes] = KeyedDispatcher(1, push, crashed)
+    dispatcher.start()
+    others = [f"ok-{i}".encode() for i in range(20)]
+    for body in [b"bad", *others]:
+        dispatcher.submit(body, body)  # each its own key
+    deadline = time.monotonic() + 5.0
+    while len(accepted) < len(others) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stopping.set()
+    dispatcher.shutdown(wait=True, timeout_s=3.0)
+    assert accepted == others  # in submission order: one slot, handed on first come, first served
+    assert {body: ended[body] for body in others} == dict.fromkeys(others, "OK")
+    assert ended[b"bad"] is None  # given up at the stop, never accepted
+    assert len(bad_tries) >= 1
