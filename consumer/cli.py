@@ -16,7 +16,7 @@ import importlib.util
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from confluent_kafka import KafkaException
 
@@ -31,6 +31,40 @@ log = logging.getLogger("consumer.cli")
 DEVSTACK_COMMANDS = "consumer.devstack.cli"
 """The demo and test commands (``erp-stub``, ``produce-sample``): found by name when the development
 stack is installed, never imported by the product (``tests/unit/test_imports.py``)."""
+
+
+def int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number from ``low`` to ``high`` (inclusive; None: no upper bound).
+
+    Anything else is a one-line usage error (exit 2) naming the range, before anything connects.
+    """
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(
+                f"expected {low} or more, got {value}" if high is None else f"expected {low} to {high}, got {value}")
+        return value
+
+    return parse
+
+
+def float_at_least(low: float) -> Callable[[str], float]:
+    """An argparse ``type``: a number >= ``low`` (a one-line usage error otherwise, exit 2)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value >= low:  # NaN too
+            raise argparse.ArgumentTypeError(f"expected {low:g} or more, got {text}")
+        return value
+
+    return parse
 
 
 def _settings() -> Settings:
@@ -121,9 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
             missing.set_defaults(func=_devstack_missing)
 
     topics = sub.add_parser("create-topics", help="create the source and dead-letter topics if missing")
-    topics.add_argument("--partitions", type=int, default=6)
-    topics.add_argument("--dlq-partitions", type=int, default=1)
-    topics.add_argument("--replication-factor", type=int, default=1)
+    topics.add_argument("--partitions", type=int_in(1), default=6)
+    topics.add_argument("--dlq-partitions", type=int_in(1), default=1)
+    topics.add_argument("--replication-factor", type=int_in(1, 32767), default=1)
     topics.set_defaults(func=ops.guarded("create-topics", ops.command("topics", "cmd_create_topics")))
 
     check = sub.add_parser("check-config", help="validate the configuration and print it with secrets redacted")

@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from .. import logs
+from ..cli import float_at_least, int_in
 from ..settings import load_settings
 
 
@@ -32,24 +33,17 @@ def cmd_produce_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``erp-stub`` and ``produce-sample`` to ``erp-sync``'s subcommands."""
     stub = subparsers.add_parser("erp-stub", help="serve a local ERP that records what it receives")
-    stub.add_argument("--port", type=int, default=8080)
+    stub.add_argument("--port", type=int_in(0, 65535), default=8080, help="TCP port (0: a free one)")
     stub.add_argument("--host", default="127.0.0.1")
-    stub.add_argument("--latency-ms", type=float, default=0.0, help="answer after this many milliseconds")
-    stub.add_argument("--capacity", type=_positive_int, default=None,
+    stub.add_argument("--latency-ms", type=float_at_least(0), default=0.0, help="answer after this many milliseconds")
+    stub.add_argument("--capacity", type=int_in(1), default=None,
                       help="pushes the ERP serves at once; the others wait in a FIFO queue (default: unlimited)")
     stub.set_defaults(func=cmd_erp_stub)
 
     produce = subparsers.add_parser("produce-sample", help="write realistic sample events to the topic")
-    produce.add_argument("--count", type=int, default=20)
+    produce.add_argument("--count", type=int_in(1), default=20)
     produce.add_argument("--seed", type=int, default=7)
     produce.set_defaults(func=cmd_produce_sample)

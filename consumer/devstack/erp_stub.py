@@ -105,6 +105,7 @@ import httpx
 import orjson
 from aiohttp import web
 
+from ..cli import float_at_least, int_in
 from ..delivery.dispatch import new_event_loop
 from ..erp.verdict import verdict
 from ..transform import INT64_MAX, INT64_MIN, VARIABLE_TYPES
@@ -1292,22 +1293,14 @@ def main(
 
 def _cli(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m consumer.devstack.erp_stub", description="Run the ERP stub.")
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--port", type=int_in(0, 65535), default=8080)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before every answer (ms)")
-    parser.add_argument("--max-records", type=int, default=DEFAULT_MAX_RECORDS)
-    parser.add_argument("--capacity", type=_capacity_arg, default=None,
+    parser.add_argument("--latency-ms", type=float_at_least(0), default=0.0, help="delay before every answer (ms)")
+    parser.add_argument("--max-records", type=int_in(1), default=DEFAULT_MAX_RECORDS)
+    parser.add_argument("--capacity", type=int_in(1), default=None,
                         help="pushes served at once, the rest wait in a FIFO queue (default: unlimited)")
     args = parser.parse_args(argv)
     main(args.port, args.host, args.latency_ms, args.max_records, args.capacity)
-
-
-def _capacity_arg(text: str) -> int:
-    """``--capacity``: a positive integer."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"capacity must be >= 1, got {value}")
-    return value
 
 
 if __name__ == "__main__":

@@ -74,7 +74,8 @@ TOOL_EPILOG = ("Configuration: the ERP_SYNC_* variables of `erp-sync run` (READM
 def add_push_options(parser: argparse.ArgumentParser) -> None:
     """``--max-in-flight`` and ``--max-requests-per-second``: how a tool pushes (default: as ``run``)."""
     parser.add_argument("--max-in-flight", type=int, metavar="N",
-                        help="pushes at once, one at a time per key (default: ERP_SYNC_MAX_IN_FLIGHT, 32)")
+                        help="pushes at once, one at a time per key "
+                             "(default: ERP_SYNC_MAX_IN_FLIGHT; when that is auto, 32)")
     parser.add_argument("--max-requests-per-second", type=float, metavar="R",
                         help="cap the ERP request rate (default: ERP_SYNC_ERP_MAX_REQUESTS_PER_SECOND; 0: no limit)")
 

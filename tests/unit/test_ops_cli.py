@@ -48,3 +48,23 @@ def test_a_tool_on_several_source_topics_works_on_the_one_named_with_topic() -> 
     assert for_source_topic(single, None) is single
     for names in (("reset-offsets",), ("replay",)):
         assert "--topic" in subparser(build_parser(), *names).format_help()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["create-topics", "--partitions", "0"], "argument --partitions: expected 1 or more, got 0"),
+    (["create-topics", "--partitions", "-2"], "argument --partitions: expected 1 or more, got -2"),
+    (["create-topics", "--dlq-partitions", "0"], "argument --dlq-partitions: expected 1 or more, got 0"),
+    (["create-topics", "--replication-factor", "x"], "argument --replication-factor: expected a whole number, got 'x'"),
+    (["erp-stub", "--port", "99999"], "argument --port: expected 0 to 65535, got 99999"),
+    (["erp-stub", "--latency-ms", "-5"], "argument --latency-ms: expected 0 or more, got -5"),
+    (["erp-stub", "--latency-ms", "nan"], "argument --latency-ms: expected 0 or more, got nan"),
+    (["produce-sample", "--count", "-1"], "argument --count: expected 1 or more, got -1"),
+])
+def test_out_of_range_numbers_are_usage_errors_before_anything_connects(argv: list[str], message: str,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A new user's trial: create-topics --partitions 0 created the dead-letter topic, then failed with a
+    Kafka error (exit 1), and -2 with a traceback; erp-stub --port 99999 listened on 34463."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(argv)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"erp-sync {argv[0]}: error: {message}"
