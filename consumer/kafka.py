@@ -71,7 +71,8 @@ def topic_retention_seconds(settings: Settings, topic: str, timeout_s: float = 5
         ms = int(entry.value)
         return -1.0 if ms < 0 else ms / 1000.0
     except Exception as exc:  # noqa: BLE001 - optional metric
-        log.info("cannot read retention.ms of %s yet: %s", topic, error_text(exc), extra={"event": "retention_unknown"})
+        why = f"no answer from the broker in {timeout_s:g} s" if isinstance(exc, TimeoutError) else error_text(exc)
+        log.info("cannot read retention.ms of %s yet: %s", topic, why, extra={"event": "retention_unknown"})
         return None
 
 

@@ -427,6 +427,8 @@ class Settings(BaseSettings):
                 value = ",".join(value)
             out[ENV_PREFIX + name.upper()] = value
         out[ENV_PREFIX + "DLQ_TOPIC"] = self.dead_letter_topic
+        retry = [t for t in (self.retry_topic_of(source) for source in self.topics) if t is not None]
+        out[ENV_PREFIX + "RETRY_TOPIC"] = ",".join(retry) or "none"  # resolved, as DLQ_TOPIC
         out["ERP_SYNC_ERP_URL"] = redact_url(self.erp_url)
         out["ERP_SYNC_SCHEMA_REGISTRY_URL"] = redact_url(self.schema_registry_url)
         out["ERP_SYNC_ERP_OAUTH2_TOKEN_URL"] = redact_url(self.erp_oauth2_token_url)  # a URL, not a token

@@ -497,3 +497,14 @@ def test_topic_names_kafka_refuses_are_refused_at_start(env: dict[str, str], mes
     with pytest.raises(ConfigError) as info:
         load_settings({"ERP_SYNC_ERP_URL": "https://erp.example/x", **env})
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"ERP_SYNC_TOPIC": "wf"}, "wf.retry"),
+    ({"ERP_SYNC_TOPIC": "wf,orders"}, "wf.retry,orders.retry"),
+    ({"ERP_SYNC_TOPIC": "wf", "ERP_SYNC_RETRY_TOPIC": "wf-parked"}, "wf-parked"),
+    ({"ERP_SYNC_TOPIC": "wf", "ERP_SYNC_RETRY_TOPIC": "none"}, "none"),
+])
+def test_check_config_shows_the_retry_topics_parking_uses(env: dict[str, str], expected: str) -> None:
+    """A new user's trial: check-config printed "ERP_SYNC_RETRY_TOPIC": null while parking used wf.retry."""
+    assert load_settings(env).redacted()["ERP_SYNC_RETRY_TOPIC"] == expected

@@ -7,9 +7,11 @@ ListOffsets with the leader epoch from before the restart; every answer was FENC
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import Future
 from typing import Any
 
+import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from consumer.kafka import WatermarkWatcher, error_text
@@ -80,3 +82,14 @@ def test_a_broker_out_of_reach_is_not_ready_and_the_client_is_replaced_every_thi
 
 def test_an_error_without_text_is_named() -> None:
     assert error_text(TimeoutError()) == "TimeoutError"
+
+
+def test_a_retention_the_broker_does_not_answer_is_logged_with_the_wait(caplog: pytest.LogCaptureFixture) -> None:
+    """A new user's trial: with the broker down the line said only "TimeoutError"."""
+    from consumer.kafka import topic_retention_seconds
+
+    settings = load_settings({"ERP_SYNC_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    with caplog.at_level(logging.INFO, logger="consumer.kafka"):
+        assert topic_retention_seconds(settings, "wf", timeout_s=0.3) is None
+    assert [r.getMessage() for r in caplog.records if r.name == "consumer.kafka"] == [
+        "cannot read retention.ms of wf yet: no answer from the broker in 0.3 s"]
