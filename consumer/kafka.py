@@ -131,8 +131,7 @@ class WatermarkWatcher:
         self.error = "not asked yet"
         self.retention: dict[str, float] = {}
         """``retention.ms / 1000`` of the source and retry topics (-1 when unlimited), once read."""
-        self.retention_topics = [*settings.topics,
-                                 *(r for t in settings.topics if (r := settings.retry_topic_of(t)) is not None)]
+        self.retention_topics = [*settings.topics, *settings.retry_topics.values()]
         self._settings = settings
         self._next_retention = 0.0
         self._thread = threading.Thread(target=self._loop, name="watermarks", daemon=True)

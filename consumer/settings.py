@@ -226,7 +226,7 @@ class Settings(BaseSettings):
                 "put them in ERP_SYNC_ERP_AUTH_HEADER_VALUE or ERP_SYNC_ERP_AUTH_HEADER_VALUE_FILE"
             )
         named = [*(("ERP_SYNC_TOPIC", t) for t in self.topics), ("ERP_SYNC_DLQ_TOPIC", self.dead_letter_topic),
-                 *(("ERP_SYNC_RETRY_TOPIC", r) for t in self.topics if (r := self.retry_topic_of(t)) is not None)]
+                 *(("ERP_SYNC_RETRY_TOPIC", r) for r in self.retry_topics.values())]
         for variable, name in named:
             if problem := topic_name_problem(name):
                 raise ValueError(f"{variable}: {name!r} is not a valid Kafka topic name: {problem}")
@@ -235,8 +235,7 @@ class Settings(BaseSettings):
         if self.retry_topic is not None and self.retry_topic.lower() != "none" and len(self.topics) > 1:
             raise ValueError("ERP_SYNC_RETRY_TOPIC names one retry topic, but ERP_SYNC_TOPIC lists several: each "
                              "source topic parks into <topic>.retry (leave ERP_SYNC_RETRY_TOPIC unset, or 'none')")
-        retries = [self.retry_topic_of(t) for t in self.topics]
-        if any(r is not None and (r in self.topics or r == self.dead_letter_topic) for r in retries):
+        if any(r in self.topics or r == self.dead_letter_topic for r in self.retry_topics.values()):
             raise ValueError("ERP_SYNC_RETRY_TOPIC must differ from ERP_SYNC_TOPIC and ERP_SYNC_DLQ_TOPIC")
         for var, header in (("ERP_SYNC_ERP_AUTH_HEADER_NAME", self.erp_auth_header_name),
                             ("ERP_SYNC_ERP_SIGNATURE_HEADER", self.erp_signature_header)):
@@ -347,6 +346,11 @@ class Settings(BaseSettings):
         return f"{topic}.retry"
 
     @property
+    def retry_topics(self) -> dict[str, str]:
+        """Source topic → the retry topic it parks into (empty with ``ERP_SYNC_RETRY_TOPIC=none``)."""
+        return {t: r for t in self.topics if (r := self.retry_topic_of(t)) is not None}
+
+    @property
     def dead_letter_max_bytes(self) -> int:
         """The largest dead letter in bytes: any record the consumer can fetch, plus 64 KiB of headers.
 
@@ -427,8 +431,7 @@ class Settings(BaseSettings):
                 value = ",".join(value)
             out[ENV_PREFIX + name.upper()] = value
         out[ENV_PREFIX + "DLQ_TOPIC"] = self.dead_letter_topic
-        retry = [t for t in (self.retry_topic_of(source) for source in self.topics) if t is not None]
-        out[ENV_PREFIX + "RETRY_TOPIC"] = ",".join(retry) or "none"  # resolved, as DLQ_TOPIC
+        out[ENV_PREFIX + "RETRY_TOPIC"] = ",".join(self.retry_topics.values()) or "none"  # resolved, as DLQ_TOPIC
         out["ERP_SYNC_ERP_URL"] = redact_url(self.erp_url)
         out["ERP_SYNC_SCHEMA_REGISTRY_URL"] = redact_url(self.schema_registry_url)
         out["ERP_SYNC_ERP_OAUTH2_TOKEN_URL"] = redact_url(self.erp_oauth2_token_url)  # a URL, not a token

@@ -142,7 +142,7 @@ class Parking:
         self.source_of: dict[str, str] = {}
         self.indexes: dict[TP, ParkedIndex] = {}
         self._scans: dict[TP, threading.Thread] = {}
-        self._wanted = {t: r for t in settings.topics if (r := settings.retry_topic_of(t)) is not None}
+        self._wanted = settings.retry_topics
         self._recheck_at: float | None = None
         """When to ask again whether the retry topics can be used (None: nothing left to ask)."""
 
