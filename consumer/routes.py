@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from . import errors
 from .errors import ConfigError
 from .settings import ENV_PREFIX, Settings, read_text_file
+from .transform import INT64_MAX, INT64_MIN
 
 ROUTE_DELIVERY_KEYS = ("max_in_flight", "park_after_seconds", "retry_deadline_seconds",
                        "retry_backoff_initial_seconds", "retry_backoff_max_seconds", "retry_after_max_seconds")
@@ -84,7 +85,7 @@ class Match(BaseModel):
     @classmethod
     def _int64(cls, value: list[int] | None) -> list[int] | None:
         for code in value or ():
-            if not -(2**63) <= code < 2**63:
+            if not INT64_MIN <= code <= INT64_MAX:
                 raise ValueError(f"{code} is outside a FlowCode's range (a 64-bit signed integer): it would match "
                                  "no record")
         return value
