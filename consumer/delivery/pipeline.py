@@ -103,6 +103,8 @@ class Pipeline:
         self.settler = Settler(self.metrics, self.dead_letters, self.stats, self.parker, self.parking)
         self.in_flight = InFlight(settings.in_flight_limit, self.endpoints, self.settler, stopping=self._stop.is_set,
                                   parking=self.parking)
+        # read when scraped: set at the last lag update it could be seconds old
+        self.metrics.in_flight.set_function(lambda: self.in_flight.running)
         self.committer = Committer(self.assignment, self.metrics, self.stats, settings.commit_interval_seconds,
                                    self._errors)
         self.watermarks = watermarks or StaticWatermarks()
@@ -357,7 +359,6 @@ class Pipeline:
     def _report(self) -> None:
         self.lag.update()
         self.metrics.dlq_pending.set(self.dead_letters.pending)
-        self.metrics.in_flight.set(self.in_flight.running)
         parked = self.parking.by_route()
         now_ms = time.time() * 1000
         for endpoint in self.endpoints:

@@ -204,6 +204,20 @@ def test_a_lost_partition_commits_nothing_and_late_verdicts_are_ignored(make: Ca
     assert loop.p.assignment.get(TOPIC, 0) is None
 
 
+def test_the_in_flight_gauge_is_read_at_scrape_time_not_at_the_last_lag_update(make: Callable[..., Loop]) -> None:
+    loop = make(ERP_SYNC_MAX_IN_FLIGHT="4", ERP_SYNC_LAG_REFRESH_SECONDS="3600")
+    registry = loop.p.metrics.registry
+    for i in range(4):
+        loop.cluster.append(TOPIC, 0, event(250 + i), key=str(i).encode())
+    loop.erp.hold.clear()
+    loop.consumer.assign([(TOPIC, 0)])
+    loop.until(lambda: loop.erp.in_flight == 4, what="4 pushes in flight")
+    assert registry.get_sample_value("erp_sync_in_flight") == 4
+    loop.erp.hold.set()
+    loop.until(lambda: loop.consumer.committed_offsets().get((TOPIC, 0)) == 4)
+    assert registry.get_sample_value("erp_sync_in_flight") == 0
+
+
 def test_backpressure_pauses_at_the_buffer_bound_and_resumes_at_half(make: Callable[..., Loop]) -> None:
     loop = make(ERP_SYNC_MAX_BUFFERED_RECORDS="10", ERP_SYNC_MAX_IN_FLIGHT="4")
     for i in range(60):
