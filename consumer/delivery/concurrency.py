@@ -17,7 +17,11 @@ congestion control applied to requests), judged by what more concurrency buys:
   :data:`PROBE_EFFICIENCY` of the share the limit grew (an ERP that serves more when asked more),
   up to the knee when it grew by less than :data:`KNEE_EFFICIENCY` of it: the rate reached × the
   latency at the limit it was probed from (by Little's law, what that rate needs without the
-  probe's queue);
+  probe's queue); and when its answers waited longer than at the measured limit, beyond what this
+  process's own event loop got later (``loop_lag``; :data:`QUEUE_RISE`, :data:`GUARD_SLACK_S`,
+  :data:`QUEUE_SIGNIFICANCE`), to the probe's limit less the pushes that wait at the ERP (rate ×
+  wait), × :data:`KNEE_MARGIN` (an ERP whose capacity lies between two doublings, 24 from 16 to 32,
+  serves half more and was kept at 32 before);
   otherwise the limit goes back to where it was measured, and the next probe waits
   :data:`HOLD_PHASES` phases, twice as long each time a probe from the same limit fails (up to
   :data:`MAX_HOLD_PHASES`): an ERP at its capacity is probed past it ever more rarely. Rising
@@ -52,7 +56,15 @@ PROBE_FACTOR = 1.25
 PROBE_EFFICIENCY = 0.25
 """A probe is kept when the rate grew by at least this share of the limit's growth…"""
 KNEE_EFFICIENCY = 0.5
-"""…and, when the rate grew by less than this share, only up to the knee."""
+"""…and, when the rate grew by less than this share, only up to the knee…"""
+QUEUE_RISE = 0.1
+"""…or when the latency of its answers rose by this share (and :data:`GUARD_SLACK_S`) more than this
+process's own event loop got slower: a queue at the ERP. Then the knee less :data:`KNEE_MARGIN`…"""
+QUEUE_SIGNIFICANCE = 4.0
+"""…and by this many standard errors of the two mean latencies (an ERP whose latency varies widely)."""
+KNEE_MARGIN = 0.9
+"""…of it: this process's own share of the latency (a few ms of the round trip) counts in the knee as
+slots the ERP does not hold, and they reach it in a burst."""
 LATENCY_GUARD = 0.5
 """At a measured limit, a latency this share above the measured one is an ERP that became slower…"""
 GUARD_SLACK_S = 0.005
@@ -83,12 +95,15 @@ class ConcurrencyLimit:
         stall: the longest delay of this process's event loop (s) since a monotonic time: a window
             in which the loop itself was held up (the GIL, a GC pause) measures this process, not
             the ERP, and is not judged.
+        loop_lag: the event loop's lateness so far, ``(total s, samples)``: the part of a latency
+            rise this process added itself, not a queue at the ERP.
     """
 
     def __init__(self, limit: int, adaptive: bool = False, ceiling: int = 256,
                  clock: Callable[[], float] = time.monotonic, on_change: Callable[[int], None] | None = None,
                  on_cut: Callable[[int, int, str], None] | None = None,
-                 stall: Callable[[float], float] | None = None) -> None:
+                 stall: Callable[[float], float] | None = None,
+                 loop_lag: Callable[[], tuple[float, int]] | None = None) -> None:
         self.adaptive = adaptive
         self.ceiling = max(1, ceiling)
         self.limit = float(min(limit, self.ceiling) if adaptive else limit)
@@ -98,6 +113,9 @@ class ConcurrencyLimit:
         self._on_change = on_change
         self._on_cut = on_cut
         self.stall = stall
+        self.loop_lag = loop_lag
+        self._lag_mark = (0.0, 0)
+        self._ref_lag = 0.0
         self._slow_start = True
         self._probing = False
         self._ref: tuple[float, float, float] | None = None
@@ -112,7 +130,10 @@ class ConcurrencyLimit:
         self._phase_start = self._changed
         self._phase_answers = 0
         self._phase_rtt = 0.0
+        self._phase_rtt2 = 0.0
         self._phase_peak = 0
+        self._ref_spread = 0.0
+        """The squared standard error of the measured limit's mean latency (s²)."""
         if on_change is not None:
             on_change(int(self.limit))
 
@@ -170,6 +191,7 @@ class ConcurrencyLimit:
             return  # the round trip after a change: answers still come at the rate of the former limit
         self._phase_answers += 1
         self._phase_rtt += rtt_s
+        self._phase_rtt2 += rtt_s * rtt_s
         rtt = self._phase_rtt / self._phase_answers
         rounds, least = (SLOW_START_ROUNDS, 16) if self._slow_start else (PHASE_ROUNDS, MIN_PHASE_ANSWERS)
         if self._phase_answers >= max(least, rounds * self.slots) and now - self._phase_start >= rounds * rtt:
@@ -186,9 +208,12 @@ class ConcurrencyLimit:
         self._wake()
 
     def _start_phase(self, now: float) -> None:
+        if self.loop_lag is not None:
+            self._lag_mark = self.loop_lag()
         self._phase_start = now
         self._phase_answers = 0
         self._phase_rtt = 0.0
+        self._phase_rtt2 = 0.0
         self._phase_peak = self.in_flight
 
     def _cut(self, limit: float, now: float, why: str) -> None:
@@ -222,8 +247,17 @@ class ConcurrencyLimit:
         self._hold = self._hold_phases
         self._set_and_tell(ref_limit, now, why)
 
+    def _phase_lag(self) -> float:
+        """The mean lateness (s) of this process's event loop over the phase (0 without ``loop_lag``)."""
+        if self.loop_lag is None:
+            return 0.0
+        total, samples = self.loop_lag()
+        return (total - self._lag_mark[0]) / (samples - self._lag_mark[1]) if samples > self._lag_mark[1] else 0.0
+
     def _end_phase(self, now: float) -> None:
         rtt = self._phase_rtt / self._phase_answers
+        spread = max(0.0, self._phase_rtt2 / self._phase_answers - rtt * rtt) / self._phase_answers
+        lag = self._phase_lag()
         rate = self._phase_answers / max(1e-9, now - self._phase_start)  # answers per second
         saturated = self._phase_peak >= self.slots
         if self._stalled(rtt):  # this process was held up (the GIL, a GC pause): its figures say nothing of the ERP
@@ -240,11 +274,18 @@ class ConcurrencyLimit:
                 self._hold_phases = HOLD_PHASES
                 knee = rate * ref_rtt
                 efficiency = (rate / ref_rate - 1) / (self.limit / ref_limit - 1)
-                if efficiency < KNEE_EFFICIENCY and knee < self.limit - 1:
+                # the wait its answers show beyond what this process's own loop added: a queue at the ERP
+                wait = rtt - ref_rtt - max(0.0, lag - self._ref_lag)
+                noise = QUEUE_SIGNIFICANCE * (spread + self._ref_spread) ** 0.5
+                if wait > max(GUARD_SLACK_S, ref_rtt * QUEUE_RISE, noise):
+                    knee = (self.slots - self.slots / rtt * wait) * KNEE_MARGIN  # less the pushes waiting there
+                elif efficiency >= KNEE_EFFICIENCY:
+                    knee = self.limit
+                if knee < self.limit - 1:
                     self._probing = self._slow_start = False
                     self._ref = None
                     return self._set(max(ref_limit, knee), now)
-                self._ref = (self.limit, rate, rtt)
+                self._ref, self._ref_lag, self._ref_spread = (self.limit, rate, rtt), lag, spread
                 return self._probe(now)
             return self._probe_failed(ref_limit, now)  # no more served: back to the measured limit
         if self._ref is not None and rtt > self._ref[2] * (1 + LATENCY_GUARD) and rtt - self._ref[2] > GUARD_SLACK_S:
@@ -255,10 +296,11 @@ class ConcurrencyLimit:
         if not saturated:
             return self._start_phase(now)  # the ERP is not kept busy: nothing to learn
         if self._ref is None:
-            self._ref = (self.limit, rate, rtt)
+            self._ref, self._ref_lag, self._ref_spread = (self.limit, rate, rtt), lag, spread
         else:
             ref_limit, ref_rate, ref_rtt = self._ref
             self._ref = (ref_limit, ref_rate + 0.25 * (rate - ref_rate), ref_rtt + 0.25 * (rtt - ref_rtt))
+            self._ref_lag += 0.25 * (lag - self._ref_lag)
         if self._hold > 0:
             self._hold -= 1
             return self._start_phase(now)

@@ -119,6 +119,8 @@ class KeyedDispatcher(Generic[T]):
         self._incoming_lock = threading.Lock()
         self._wakeup_pending = False
         self._lags: deque[tuple[float, float]] = deque(maxlen=256)
+        self._lag_total = 0.0
+        self._lag_samples = 0
         self.loop = new_event_loop()
         self._semaphore: AbstractAsyncContextManager[Any] | None = None
         self._thread = threading.Thread(target=self._run_loop, name="erp-push-loop", daemon=True)
@@ -133,9 +135,15 @@ class KeyedDispatcher(Generic[T]):
         """
         return max((lag for at, lag in self._lags if at >= since), default=0.0)
 
+    def loop_lag(self) -> tuple[float, int]:
+        """The heartbeat's lateness so far: (total in s, heartbeats); a difference of two is a mean."""
+        return self._lag_total, self._lag_samples
+
     def _heartbeat(self, expected: float) -> None:
         now = time.monotonic()
         lag = now - expected
+        self._lag_total += max(0.0, lag)
+        self._lag_samples += 1
         if lag > 0.001:  # beyond the timers' granularity
             self._lags.append((now, lag))
         self.loop.call_at(self.loop.time() + HEARTBEAT_S, self._heartbeat, now + HEARTBEAT_S)

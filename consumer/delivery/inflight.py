@@ -52,6 +52,7 @@ class InFlight:
             max_in_flight, self._push, self._crashed, at_turn=self._parked_at_turn if parking is not None else None)
         for endpoint in endpoints:  # the adaptive limits do not judge windows in which this loop stalled
             endpoint.limiter.stall = self.dispatcher.stall_since
+            endpoint.limiter.loop_lag = self.dispatcher.loop_lag
 
     @property
     def running(self) -> int:

@@ -134,6 +134,34 @@ def test_a_queueing_erp_is_not_pushed_past_its_capacity(capacity: int) -> None:
     assert len(erp.latencies) / 20.0 >= 0.9 * capacity / 0.05  # and it is kept busy: 90 % of what it serves
 
 
+@pytest.mark.parametrize("capacity", [24, 56])
+def test_a_capacity_between_two_doublings_of_the_slow_start_is_not_overshot(capacity: int) -> None:
+    """16 → 32 against 24 (or 32 → 64 against 56) serves half (or three quarters) more: still a queue."""
+    limit, clock, _ = adaptive()
+    seen = simulate(limit, clock, Erp(0.05, capacity=capacity, jitter=0.05), seconds=20.0)
+    late = seen[len(seen) // 2:]
+    assert 0.85 * capacity <= statistics.mean(late) <= capacity, (capacity, statistics.mean(late))
+
+
+def test_this_process_slowing_down_with_load_is_not_a_queue_at_the_erp() -> None:
+    """Latency that grows with this process's own loop lateness (reported by ``loop_lag``) is not the ERP's."""
+    limit, clock, changes = adaptive()
+    own_s = 0.0001  # this process adds 0.1 ms per push in flight, and its loop is that late
+    lateness = [0.0, 0]
+
+    def loop_lag() -> tuple[float, int]:
+        lateness[0] += own_s * limit.in_flight
+        lateness[1] += 1
+        return lateness[0], lateness[1]
+
+    limit.loop_lag = loop_lag
+    erp = Erp(0.05)
+    arrive = erp.arrive
+    erp.arrive = lambda now: (lambda done, verdict: (done + own_s * limit.in_flight, verdict))(*arrive(now))
+    simulate(limit, clock, erp, seconds=5.0)
+    assert changes == [8, 16, 32, 64, 128, 256]  # slow start all the way: no knee taken for a queue
+
+
 @pytest.mark.parametrize("jitter", [0.05, 0.2, 0.5])
 def test_a_jittery_erp_is_neither_starved_nor_overloaded(jitter: float) -> None:
     """Latency that varies by ±``jitter`` per push is noise, not a queue: no cut spiral to 1."""
