@@ -44,6 +44,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
+from typing import NamedTuple
 
 from ..erp.verdict import Verdict, speaks_for_endpoint
 
@@ -82,6 +83,26 @@ time a probe from the same limit fails."""
 MAX_HOLD_PHASES = 128
 
 
+class Measured(NamedTuple):
+    """A limit's figures over a phase.
+
+    ``rate`` answers per second, ``rtt`` their mean latency (s), ``lag`` this process's mean
+    event-loop lateness (s), ``spread`` the squared standard error of that mean latency (s²).
+    """
+
+    limit: float
+    rate: float
+    rtt: float
+    lag: float
+    spread: float
+
+    def blend(self, phase: Measured) -> Measured:
+        """These figures moved a quarter of the way to a later phase's at the same limit."""
+        return self._replace(rate=self.rate + 0.25 * (phase.rate - self.rate),
+                             rtt=self.rtt + 0.25 * (phase.rtt - self.rtt),
+                             lag=self.lag + 0.25 * (phase.lag - self.lag))
+
+
 class ConcurrencyLimit:
     """Slots for the pushes of one route: ``async with limit:`` around each push.
 
@@ -115,11 +136,10 @@ class ConcurrencyLimit:
         self.stall = stall
         self.loop_lag = loop_lag
         self._lag_mark = (0.0, 0)
-        self._ref_lag = 0.0
         self._slow_start = True
         self._probing = False
-        self._ref: tuple[float, float, float] | None = None
-        """The measured limit: (limit, answers per second, mean latency in s)."""
+        self._ref: Measured | None = None
+        """The measured limit and its figures."""
         self._hold = 0
         self._hold_phases = HOLD_PHASES
         self._failed_from: float | None = None
@@ -132,8 +152,6 @@ class ConcurrencyLimit:
         self._phase_rtt = 0.0
         self._phase_rtt2 = 0.0
         self._phase_peak = 0
-        self._ref_spread = 0.0
-        """The squared standard error of the measured limit's mean latency (s²)."""
         if on_change is not None:
             on_change(int(self.limit))
 
@@ -181,7 +199,7 @@ class ConcurrencyLimit:
             self._probe_answers += 1  # sent under the probe: does it queue? (judged from its first answers)
             self._probe_rtt += rtt_s
             if self._probe_answers >= max(8, self.slots // 4):
-                ref_limit, _rate, ref_rtt = self._ref
+                ref_limit, ref_rtt = self._ref.limit, self._ref.rtt
                 rtt = self._probe_rtt / self._probe_answers
                 if rtt - ref_rtt > GUARD_SLACK_S and rtt > ref_rtt * (1 + 0.5 * (self.limit / ref_limit - 1)):
                     if self._stalled(rtt):  # blind: back to safety, try again soon
@@ -232,7 +250,7 @@ class ConcurrencyLimit:
     def _overloaded(self, code: str, now: float) -> None:
         why = f"the ERP answered {code} (overloaded)"
         if self._probing and self._ref is not None:  # the probe overloaded it: back to where it was measured
-            return self._probe_failed(self._ref[0], now, why)
+            return self._probe_failed(self._ref.limit, now, why)
         self._cut(self.limit * DECREASE_RATIO, now, why)
 
     def _probe_failed(self, ref_limit: float, now: float, why: str | None = None) -> None:
@@ -259,14 +277,15 @@ class ConcurrencyLimit:
         spread = max(0.0, self._phase_rtt2 / self._phase_answers - rtt * rtt) / self._phase_answers
         lag = self._phase_lag()
         rate = self._phase_answers / max(1e-9, now - self._phase_start)  # answers per second
+        phase = Measured(self.limit, rate, rtt, lag, spread)
         saturated = self._phase_peak >= self.slots
         if self._stalled(rtt):  # this process was held up (the GIL, a GC pause): its figures say nothing of the ERP
             if self._probing and self._ref is not None:
-                return self._retreat(self._ref[0], now)
+                return self._retreat(self._ref.limit, now)
             return self._start_phase(now)
         self._rtts.append(rtt)
         if self._probing and self._ref is not None:
-            ref_limit, ref_rate, ref_rtt = self._ref
+            ref_limit, ref_rate, ref_rtt = self._ref.limit, self._ref.rate, self._ref.rtt
             if rate >= ref_rate * (1 + PROBE_EFFICIENCY * (self.limit / ref_limit - 1)):
                 # it serves more when asked more: keep it, up to the knee (by Little's law, what the rate
                 # reached needs at the former latency; past it the extra pushes only wait)
@@ -275,8 +294,8 @@ class ConcurrencyLimit:
                 knee = rate * ref_rtt
                 efficiency = (rate / ref_rate - 1) / (self.limit / ref_limit - 1)
                 # the wait its answers show beyond what this process's own loop added: a queue at the ERP
-                wait = rtt - ref_rtt - max(0.0, lag - self._ref_lag)
-                noise = QUEUE_SIGNIFICANCE * (spread + self._ref_spread) ** 0.5
+                wait = rtt - ref_rtt - max(0.0, lag - self._ref.lag)
+                noise = QUEUE_SIGNIFICANCE * (spread + self._ref.spread) ** 0.5
                 if wait > max(GUARD_SLACK_S, ref_rtt * QUEUE_RISE, noise):
                     knee = (self.slots - self.slots / rtt * wait) * KNEE_MARGIN  # less the pushes waiting there
                 elif efficiency >= KNEE_EFFICIENCY:
@@ -285,22 +304,17 @@ class ConcurrencyLimit:
                     self._probing = self._slow_start = False
                     self._ref = None
                     return self._set(max(ref_limit, knee), now)
-                self._ref, self._ref_lag, self._ref_spread = (self.limit, rate, rtt), lag, spread
+                self._ref = phase
                 return self._probe(now)
             return self._probe_failed(ref_limit, now)  # no more served: back to the measured limit
-        if self._ref is not None and rtt > self._ref[2] * (1 + LATENCY_GUARD) and rtt - self._ref[2] > GUARD_SLACK_S:
-            ref_rtt = self._ref[2]
+        if self._ref is not None and rtt > self._ref.rtt * (1 + LATENCY_GUARD) and rtt - self._ref.rtt > GUARD_SLACK_S:
+            ref_rtt = self._ref.rtt
             return self._cut(self.limit * ref_rtt / rtt, now,
                              f"latency {rtt * 1000:.1f} ms against {ref_rtt * 1000:.1f} ms at this limit "
                              "(the ERP became slower)")
         if not saturated:
             return self._start_phase(now)  # the ERP is not kept busy: nothing to learn
-        if self._ref is None:
-            self._ref, self._ref_lag, self._ref_spread = (self.limit, rate, rtt), lag, spread
-        else:
-            ref_limit, ref_rate, ref_rtt = self._ref
-            self._ref = (ref_limit, ref_rate + 0.25 * (rate - ref_rate), ref_rtt + 0.25 * (rtt - ref_rtt))
-            self._ref_lag += 0.25 * (lag - self._ref_lag)
+        self._ref = phase if self._ref is None else self._ref.blend(phase)
         if self._hold > 0:
             self._hold -= 1
             return self._start_phase(now)
