@@ -129,7 +129,9 @@ class ConcurrencyLimit:
         self.ceiling = max(1, ceiling)
         self.limit = float(min(limit, self.ceiling) if adaptive else limit)
         self.in_flight = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[asyncio.Future[None] | Callable[[], None]] = deque()
+        """Who waits for a slot, first come first served: a coroutine in ``async with`` (its future),
+        or a :meth:`queue` caller (its callback)."""
         self._clock = clock
         self._on_change = on_change
         self._on_cut = on_cut
@@ -159,6 +161,24 @@ class ConcurrencyLimit:
     def slots(self) -> int:
         """The current limit as a whole number of pushes (at least 1)."""
         return max(MIN_LIMIT, int(self.limit))
+
+    def try_acquire(self) -> bool:
+        """Take a slot now if one is free and nobody waits for one (True); else take nothing (False)."""
+        if self.in_flight >= self.slots or self._waiters:
+            return False
+        self.in_flight += 1
+        if self.in_flight > self._phase_peak:
+            self._phase_peak = self.in_flight
+        return True
+
+    def queue(self, granted: Callable[[], None]) -> None:
+        """Wait for a slot without a coroutine: ``granted()`` is called holding it, in turn with ``async with``.
+
+        For a caller that would otherwise keep a task alive only to wait (the dispatcher: one waiting
+        key costs a deque entry, not an asyncio task). ``granted`` runs on the event loop inside the
+        release that freed the slot; it must not raise, and must release the slot when done.
+        """
+        self._waiters.append(granted)
 
     async def __aenter__(self) -> None:
         if self.in_flight >= self.slots or self._waiters:
@@ -340,6 +360,12 @@ class ConcurrencyLimit:
     def _wake(self) -> None:
         while self._waiters and self.in_flight < self.slots:
             waiter = self._waiters.popleft()
-            if not waiter.done():
+            if isinstance(waiter, asyncio.Future):
+                if not waiter.done():
+                    self.in_flight += 1
+                    waiter.set_result(None)
+            else:
                 self.in_flight += 1
-                waiter.set_result(None)
+                if self.in_flight > self._phase_peak:
+                    self._phase_peak = self.in_flight
+                waiter()

@@ -19,8 +19,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hashable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, Generic, TypeVar
+
+from .concurrency import ConcurrencyLimit
 
 T = TypeVar("T")
 
@@ -51,7 +54,7 @@ class Slot:
 
     __slots__ = ("limiter", "held")
 
-    def __init__(self, limiter: AbstractAsyncContextManager[Any]) -> None:
+    def __init__(self, limiter: ConcurrencyLimit) -> None:
         self.limiter = limiter
         self.held = False
 
@@ -99,7 +102,7 @@ class KeyedDispatcher(Generic[T]):
     A running task can give its slot back while it waits alone (:func:`slot_given_back`).
 
     Args:
-        max_in_flight: tasks running at once when no limiter is given (a semaphore over all keys).
+        max_in_flight: tasks running at once when no limiter is given (one fixed limit over all keys).
         handler: a coroutine function running one task; it should not raise (exceptions are
             passed to ``on_error``, and the key's next task still runs).
         on_error: called with ``(task, exception)`` if ``handler`` or ``at_turn`` raised.
@@ -112,17 +115,16 @@ class KeyedDispatcher(Generic[T]):
         self._handler = handler
         self._on_error = on_error
         self._at_turn = at_turn
-        self._max_in_flight = max_in_flight
-        self._queues: dict[Hashable, deque[tuple[T, AbstractAsyncContextManager[Any] | None]]] = {}
+        self._queues: dict[Hashable, deque[tuple[T, ConcurrencyLimit | None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._incoming: list[tuple[Hashable, T, AbstractAsyncContextManager[Any] | None]] = []
+        self._incoming: list[tuple[Hashable, T, ConcurrencyLimit | None]] = []
         self._incoming_lock = threading.Lock()
         self._wakeup_pending = False
         self._lags: deque[tuple[float, float]] = deque(maxlen=256)
         self._lag_total = 0.0
         self._lag_samples = 0
         self.loop = new_event_loop()
-        self._semaphore: AbstractAsyncContextManager[Any] | None = None
+        self._limit = ConcurrencyLimit(max_in_flight)
         self._thread = threading.Thread(target=self._run_loop, name="erp-push-loop", daemon=True)
         self._started = threading.Event()
         self.running = 0
@@ -155,7 +157,6 @@ class KeyedDispatcher(Generic[T]):
 
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self._semaphore = asyncio.Semaphore(self._max_in_flight)
         self.loop.call_soon(self._started.set)
         self.loop.call_soon(self._heartbeat, time.monotonic())
         self.loop.run_forever()
@@ -164,7 +165,7 @@ class KeyedDispatcher(Generic[T]):
         """Run a coroutine on the loop thread and wait for its result (setup and teardown)."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
 
-    def submit(self, key: Hashable, task: T, limiter: AbstractAsyncContextManager[Any] | None = None) -> None:
+    def submit(self, key: Hashable, task: T, limiter: ConcurrencyLimit | None = None) -> None:
         """Queue ``task`` behind earlier tasks of ``key`` (thread-safe; returns at once).
 
         ``limiter``: the concurrency it runs under (None: the dispatcher's ``max_in_flight``).
@@ -185,39 +186,72 @@ class KeyedDispatcher(Generic[T]):
         for key, task, limiter in incoming:
             self._enqueue(key, task, limiter)
 
-    def _enqueue(self, key: Hashable, task: T, limiter: AbstractAsyncContextManager[Any] | None) -> None:
+    def _enqueue(self, key: Hashable, task: T, limiter: ConcurrencyLimit | None) -> None:
         queue = self._queues.get(key)
         if queue is not None:
             queue.append((task, limiter))
             return
         self._queues[key] = deque()
-        chain = self.loop.create_task(self._run_chain(key, task, limiter))
+        self._turn(key, task, limiter)
+
+    def _turn(self, key: Hashable, task: T, limiter: ConcurrencyLimit | None) -> None:
+        """The key's next task has its turn: done at once, started holding a slot, or queued at its limiter.
+
+        A key waiting for a slot is one entry in its limiter's queue (no asyncio task, no coroutine
+        frame): with thousands of records held, the waiting ones cost a few hundred bytes each.
+        """
+        while self._done_at_turn(task):
+            following = self._following(key)
+            if following is None:
+                return
+            task, limiter = following
+        limit = limiter or self._limit
+        if limit.try_acquire():
+            self._start(key, task, limit)
+        else:
+            limit.queue(partial(self._start, key, task, limit))
+
+    def _following(self, key: Hashable) -> tuple[T, ConcurrencyLimit | None] | None:
+        """The key's next task (None: the key has nothing left, and is forgotten)."""
+        queue = self._queues[key]
+        if not queue:
+            del self._queues[key]
+            return None
+        return queue.popleft()
+
+    def _start(self, key: Hashable, task: T, limit: ConcurrencyLimit) -> None:
+        """Run ``task`` (holding a slot of ``limit``) and the key's tasks after it, as one asyncio task."""
+        chain = self.loop.create_task(self._run_chain(key, task, limit))
         self._tasks.add(chain)
         chain.add_done_callback(self._tasks.discard)
 
-    async def _run_chain(self, key: Hashable, task: T, limiter: AbstractAsyncContextManager[Any] | None) -> None:
-        assert self._semaphore is not None
+    async def _run_chain(self, key: Hashable, task: T, limit: ConcurrencyLimit) -> None:
+        """Run the key's tasks while each finds a slot free at once; a key that must wait leaves the loop's tasks."""
         while True:
-            if not self._done_at_turn(task):
-                slot = Slot(limiter or self._semaphore)
-                await slot.acquire()
-                token = _SLOT.set(slot)  # this asyncio task's own context: see slot_given_back()
-                self.running += 1
-                try:
-                    await self._handler(task)
-                except asyncio.CancelledError:
-                    raise
-                except BaseException as exc:  # noqa: BLE001 - reported, never lost
-                    self._report(task, exc)
-                finally:
-                    self.running -= 1
-                    _SLOT.reset(token)
-                    await slot.release()
-            queue = self._queues[key]
-            if not queue:
-                del self._queues[key]
+            slot = Slot(limit)
+            slot.held = True
+            token = _SLOT.set(slot)  # this asyncio task's own context: see slot_given_back()
+            self.running += 1
+            try:
+                await self._handler(task)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - reported, never lost
+                self._report(task, exc)
+            finally:
+                self.running -= 1
+                _SLOT.reset(token)
+                await slot.release()
+            following = self._following(key)
+            while following is not None and self._done_at_turn(following[0]):
+                following = self._following(key)
+            if following is None:
                 return
-            task, limiter = queue.popleft()
+            task, limiter = following
+            limit = limiter or self._limit
+            if not limit.try_acquire():  # others wait for a slot first: in line behind them
+                limit.queue(partial(self._start, key, task, limit))
+                return
 
     def _done_at_turn(self, task: T) -> bool:
         if self._at_turn is None:
@@ -245,8 +279,9 @@ class KeyedDispatcher(Generic[T]):
             return
 
         async def drain() -> None:
-            if wait and self._tasks:
-                await asyncio.wait(list(self._tasks), timeout=timeout_s)
+            deadline = self.loop.time() + timeout_s
+            while wait and self._tasks and (left := deadline - self.loop.time()) > 0:
+                await asyncio.wait(list(self._tasks), timeout=left)  # a key granted a slot meanwhile: a new task
             pending = list(self._tasks)
             for task in pending:
                 task.cancel()

@@ -251,3 +251,32 @@ def test_a_cancelled_waiter_gives_its_slot_to_the_next() -> None:
         return done, limit.in_flight
 
     assert asyncio.run(run()) == (True, 0)
+
+
+def test_queued_callbacks_and_async_with_share_one_first_come_first_served_line() -> None:
+    """A waiter without a coroutine (:meth:`ConcurrencyLimit.queue`) gets its slot in turn with ``async with``."""
+    order: list[str] = []
+
+    async def scenario() -> None:
+        limit = ConcurrencyLimit(1)
+        assert limit.try_acquire()
+
+        async def user(name: str) -> None:
+            async with limit:
+                order.append(name)
+                await asyncio.sleep(0)
+
+        first = asyncio.create_task(user("a"))
+        await asyncio.sleep(0)
+        limit.queue(lambda: order.append("b"))
+        third = asyncio.create_task(user("c"))
+        await asyncio.sleep(0)
+        assert not limit.try_acquire()  # others wait: no slot taken past them
+        limit._release()  # the first holder: "a" is next
+        await first
+        assert order == ["a", "b"] and limit.in_flight == 1  # "b" was handed the slot "a" gave back
+        limit._release()  # "b" is done
+        await third
+        assert order == ["a", "b", "c"] and limit.in_flight == 0
+
+    asyncio.run(scenario())

@@ -238,3 +238,37 @@ def test_tasks_done_at_their_turn_take_no_slot_and_keep_their_key_order() -> Non
         gate.set()
         d.shutdown(wait=True)
     assert sorted(ran) == ["hung-1", "hung-2"] and d.busy_keys == 0
+
+
+def test_keys_waiting_for_a_slot_hold_no_task_and_start_in_the_order_they_came() -> None:
+    """500 keys behind 2 slots: 2 asyncio tasks (not one per waiting key), keys start first come first served."""
+    gate = threading.Event()
+    started: list[int] = []
+    finished = threading.Event()
+
+    async def handler(task: int) -> None:
+        started.append(task)
+        await asyncio.to_thread(gate.wait, 10)
+        if len(started) == 500:
+            finished.set()
+
+    async def tasks_on_the_loop() -> int:
+        return len(asyncio.all_tasks()) - 1  # less this coroutine's own
+
+    d: KeyedDispatcher[int] = KeyedDispatcher(2, handler, no_error)
+    d.start()
+    try:
+        for i in range(500):
+            d.submit(f"k{i}", i)
+        deadline = time.monotonic() + 5
+        while (d.running < 2 or d.busy_keys < 500) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (d.running, d.busy_keys) == (2, 500)
+        assert d.call(tasks_on_the_loop()) == 2
+        gate.set()
+        assert finished.wait(timeout=10)
+    finally:
+        gate.set()
+        d.shutdown(wait=True)
+    assert started == list(range(500))
+    assert (d.running, d.busy_keys) == (0, 0)
