@@ -180,6 +180,14 @@ class ConcurrencyLimit:
         """
         self._waiters.append(granted)
 
+    def forget_queued(self) -> int:
+        """Drop the :meth:`queue` callbacks still waiting (their owner shuts down); how many were dropped."""
+        kept: deque[asyncio.Future[None] | Callable[[], None]] = deque(
+            w for w in self._waiters if isinstance(w, asyncio.Future))
+        dropped = len(self._waiters) - len(kept)
+        self._waiters = kept
+        return dropped
+
     async def __aenter__(self) -> None:
         if self.in_flight >= self.slots or self._waiters:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -128,6 +128,10 @@ class KeyedDispatcher(Generic[T]):
         self._thread = threading.Thread(target=self._run_loop, name="erp-push-loop", daemon=True)
         self._started = threading.Event()
         self.running = 0
+        self._closing = False
+        """Set by :meth:`shutdown` before running tasks are cancelled: no waiting key starts any more."""
+        self._queued_on: set[ConcurrencyLimit] = set()
+        """The limits keys have waited at (their lines are emptied at shutdown)."""
 
     def stall_since(self, since: float) -> float:
         """The longest delay (s) of the loop's heartbeat since ``since`` (monotonic s).
@@ -183,6 +187,8 @@ class KeyedDispatcher(Generic[T]):
         with self._incoming_lock:
             incoming, self._incoming = self._incoming, []
             self._wakeup_pending = False
+        if self._closing:  # submitted while shutting down: left unfinished, like the keys waiting
+            return
         for key, task, limiter in incoming:
             self._enqueue(key, task, limiter)
 
@@ -209,7 +215,11 @@ class KeyedDispatcher(Generic[T]):
         if limit.try_acquire():
             self._start(key, task, limit)
         else:
-            limit.queue(partial(self._start, key, task, limit))
+            self._wait_at(limit, key, task)
+
+    def _wait_at(self, limit: ConcurrencyLimit, key: Hashable, task: T) -> None:
+        self._queued_on.add(limit)
+        limit.queue(partial(self._start, key, task, limit))
 
     def _following(self, key: Hashable) -> tuple[T, ConcurrencyLimit | None] | None:
         """The key's next task (None: the key has nothing left, and is forgotten)."""
@@ -242,6 +252,8 @@ class KeyedDispatcher(Generic[T]):
                 self.running -= 1
                 _SLOT.reset(token)
                 await slot.release()
+            if self._closing:
+                return
             following = self._following(key)
             while following is not None and self._done_at_turn(following[0]):
                 following = self._following(key)
@@ -250,7 +262,7 @@ class KeyedDispatcher(Generic[T]):
             task, limiter = following
             limit = limiter or self._limit
             if not limit.try_acquire():  # others wait for a slot first: in line behind them
-                limit.queue(partial(self._start, key, task, limit))
+                self._wait_at(limit, key, task)
                 return
 
     def _done_at_turn(self, task: T) -> bool:
@@ -282,6 +294,9 @@ class KeyedDispatcher(Generic[T]):
             deadline = self.loop.time() + timeout_s
             while wait and self._tasks and (left := deadline - self.loop.time()) > 0:
                 await asyncio.wait(list(self._tasks), timeout=left)  # a key granted a slot meanwhile: a new task
+            self._closing = True
+            for limit in self._queued_on:  # the slots the cancelled tasks give back start nothing
+                limit.forget_queued()
             pending = list(self._tasks)
             for task in pending:
                 task.cancel()

@@ -272,3 +272,29 @@ def test_keys_waiting_for_a_slot_hold_no_task_and_start_in_the_order_they_came()
         d.shutdown(wait=True)
     assert started == list(range(500))
     assert (d.running, d.busy_keys) == (0, 0)
+
+
+def test_shutdown_starts_none_of_the_keys_waiting_for_a_slot() -> None:
+    """The slot a cancelled task gives back at shutdown goes to nobody: the waiting keys stay unfinished."""
+    started: list[str] = []
+    running = threading.Event()
+    hold = threading.Event()
+
+    async def handler(task: str) -> None:
+        started.append(task)
+        running.set()
+        await asyncio.to_thread(hold.wait, 5)
+
+    d: KeyedDispatcher[str] = KeyedDispatcher(1, handler, no_error)
+    d.start()
+    try:
+        for key in ("a", "b", "c"):
+            d.submit(key, key)
+        assert running.wait(timeout=5)
+        deadline = time.monotonic() + 5
+        while d.busy_keys < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        d.shutdown(wait=False, timeout_s=1.0)
+    finally:
+        hold.set()
+    assert started == ["a"]
