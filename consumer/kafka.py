@@ -36,6 +36,16 @@ def error_text(exc: BaseException, name: bool = True) -> str:
     return str(arg) or type(arg).__name__  # a future's TimeoutError says nothing else
 
 
+def timed_out(exc: BaseException) -> bool:
+    """Whether ``exc`` says the wait ran out: the future's own timeout, or librdkafka's request timeout.
+
+    The two race when they are equal (librdkafka's ``_TIMED_OUT`` came first in CI with an older
+    client); both mean the broker did not answer in time.
+    """
+    arg = exc.args[0] if exc.args else None
+    return isinstance(exc, TimeoutError) or (isinstance(arg, KafkaError) and arg.code() == KafkaError._TIMED_OUT)
+
+
 def broker_answered(exc: BaseException) -> bool:
     """Whether ``exc`` is an answer of the broker (a protocol error code), not a failure to reach it.
 
@@ -71,7 +81,7 @@ def topic_retention_seconds(settings: Settings, topic: str, timeout_s: float = 5
         ms = int(entry.value)
         return -1.0 if ms < 0 else ms / 1000.0
     except Exception as exc:  # noqa: BLE001 - optional metric
-        why = f"no answer from the broker in {timeout_s:g} s" if isinstance(exc, TimeoutError) else error_text(exc)
+        why = f"no answer from the broker in {timeout_s:g} s" if timed_out(exc) else error_text(exc)
         log.info("cannot read retention.ms of %s yet: %s", topic, why, extra={"event": "retention_unknown"})
         return None
 

@@ -93,3 +93,27 @@ def test_a_retention_the_broker_does_not_answer_is_logged_with_the_wait(caplog: 
         assert topic_retention_seconds(settings, "wf", timeout_s=0.3) is None
     assert [r.getMessage() for r in caplog.records if r.name == "consumer.kafka"] == [
         "cannot read retention.ms of wf yet: no answer from the broker in 0.3 s"]
+
+
+def test_librdkafkas_request_timeout_reads_as_no_answer_like_the_futures(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI with the lowest client versions: librdkafka's _TIMED_OUT beat the future's timeout; same line for both."""
+    from concurrent.futures import Future
+
+    from confluent_kafka import KafkaError, KafkaException
+
+    import consumer.kafka as kafka
+
+    class Admin:
+        def describe_configs(self, resources: list[Any], request_timeout: float) -> dict[Any, Future[Any]]:
+            future: Future[Any] = Future()
+            future.set_exception(KafkaException(KafkaError(KafkaError._TIMED_OUT,
+                                                           "Failed while waiting for controller: Local: Timed out")))
+            return {resources[0]: future}
+
+    monkeypatch.setattr(kafka, "admin_client", lambda settings: Admin())
+    settings = load_settings({"ERP_SYNC_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    with caplog.at_level(logging.INFO, logger="consumer.kafka"):
+        assert kafka.topic_retention_seconds(settings, "wf", timeout_s=0.3) is None
+    assert [r.getMessage() for r in caplog.records if r.name == "consumer.kafka"] == [
+        "cannot read retention.ms of wf yet: no answer from the broker in 0.3 s"]
