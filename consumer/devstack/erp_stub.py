@@ -1241,7 +1241,11 @@ def format_summary(records: Sequence[Mapping[str, Any]]) -> str:
         rows.append((str(r.get("seq", "")), "?" if instance is None else str(instance),
                      r.get("idempotency_key") or "-", answer))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    lines = [f"The ERP received {len(records)} push{'es' if len(records) != 1 else ''}:"]
+    accepted = sum(1 for r in records if r.get("status") is not None and r.get("code") == "OK")
+    others = len(records) - accepted
+    lines = [f"The ERP received {len(records)} push{'es' if len(records) != 1 else ''}: {accepted} answered OK"
+             + (f", {others} not (an error code is a reject, dead-lettered, or a retry code, pushed again; "
+                "a closed connection is pushed again)" if others else "") + ":"]
     for row in rows:
         cells = "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True))
         lines.append(f"  {cells}  {row[3]}")

@@ -543,6 +543,9 @@ def test_format_summary(stub: ErpStub, ctl: StubClient, http: httpx.Client) -> N
     assert "200 OK" in text
     assert "200 InvalidParameter.StartUser.SourceUid" in text
     assert "closed" in text
+    assert text.splitlines()[0] == ("The ERP received 3 pushes: 1 answered OK, 2 not (an error code is a reject, "
+                                    "dead-lettered, or a retry code, pushed again; a closed connection is pushed "
+                                    "again):")
     assert SPEC_BODY.decode() in text
     assert format_summary([]) == "The ERP received no pushes."
 
