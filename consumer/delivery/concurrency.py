@@ -166,10 +166,14 @@ class ConcurrencyLimit:
         """Take a slot now if one is free and nobody waits for one (True); else take nothing (False)."""
         if self.in_flight >= self.slots or self._waiters:
             return False
+        self._take()
+        return True
+
+    def _take(self) -> None:
+        """One more slot in use (and the phase's peak of slots in use)."""
         self.in_flight += 1
         if self.in_flight > self._phase_peak:
             self._phase_peak = self.in_flight
-        return True
 
     def queue(self, granted: Callable[[], None]) -> None:
         """Wait for a slot without a coroutine: ``granted()`` is called holding it, in turn with ``async with``.
@@ -201,9 +205,7 @@ class ConcurrencyLimit:
                     self._waiters.remove(waiter)
                 raise
         else:
-            self.in_flight += 1
-        if self.in_flight > self._phase_peak:
-            self._phase_peak = self.in_flight
+            self._take()
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
@@ -370,10 +372,8 @@ class ConcurrencyLimit:
             waiter = self._waiters.popleft()
             if isinstance(waiter, asyncio.Future):
                 if not waiter.done():
-                    self.in_flight += 1
+                    self._take()
                     waiter.set_result(None)
             else:
-                self.in_flight += 1
-                if self.in_flight > self._phase_peak:
-                    self._phase_peak = self.in_flight
+                self._take()
                 waiter()

@@ -201,25 +201,29 @@ class KeyedDispatcher(Generic[T]):
         self._turn(key, task, limiter)
 
     def _turn(self, key: Hashable, task: T, limiter: ConcurrencyLimit | None) -> None:
-        """The key's next task has its turn: done at once, started holding a slot, or queued at its limiter.
+        """The key's next task has its turn: done at once, started holding a slot, or queued at its limiter."""
+        ready = self._claim(key, task, limiter)
+        if ready is not None:
+            self._start(key, *ready)
 
-        A key waiting for a slot is one entry in its limiter's queue (no asyncio task, no coroutine
-        frame): with thousands of records held, the waiting ones cost a few hundred bytes each.
+    def _claim(self, key: Hashable, task: T, limiter: ConcurrencyLimit | None) -> tuple[T, ConcurrencyLimit] | None:
+        """The key's first task from ``task`` on that ``at_turn`` does not settle, holding a slot of its limit.
+
+        None: the key has nothing left, or its task waits in its limit's line (no asyncio task, no
+        coroutine frame: with thousands of records held, a waiting key costs a few hundred bytes) and
+        is started when a slot is given back.
         """
         while self._done_at_turn(task):
             following = self._following(key)
             if following is None:
-                return
+                return None
             task, limiter = following
         limit = limiter or self._limit
         if limit.try_acquire():
-            self._start(key, task, limit)
-        else:
-            self._wait_at(limit, key, task)
-
-    def _wait_at(self, limit: ConcurrencyLimit, key: Hashable, task: T) -> None:
+            return task, limit
         self._queued_on.add(limit)
         limit.queue(partial(self._start, key, task, limit))
+        return None
 
     def _following(self, key: Hashable) -> tuple[T, ConcurrencyLimit | None] | None:
         """The key's next task (None: the key has nothing left, and is forgotten)."""
@@ -255,15 +259,10 @@ class KeyedDispatcher(Generic[T]):
             if self._closing:
                 return
             following = self._following(key)
-            while following is not None and self._done_at_turn(following[0]):
-                following = self._following(key)
-            if following is None:
+            ready = self._claim(key, *following) if following is not None else None
+            if ready is None:  # nothing left, or in line behind the keys waiting for a slot
                 return
-            task, limiter = following
-            limit = limiter or self._limit
-            if not limit.try_acquire():  # others wait for a slot first: in line behind them
-                self._wait_at(limit, key, task)
-                return
+            task, limit = ready
 
     def _done_at_turn(self, task: T) -> bool:
         if self._at_turn is None:
